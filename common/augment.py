@@ -1,0 +1,69 @@
+"""Per-batch preprocessing on the training device: resize, random crop + flip, normalize.
+
+Same distribution as torchvision's `RandomCrop(size, padding=p)` + `RandomHorizontalFlip()`
+on each image: the padded image is cropped at an offset drawn uniformly from
+{0..2p} x {0..2p} and mirrored with probability 1/2, independently per image. The
+random parameters are drawn on the CPU from a seeded generator, so a run gives the same
+augmentations on any device and after a resume.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class CropFlipParams:
+    top: torch.Tensor     # (B,) int64, offset in the padded image, 0..2*padding
+    left: torch.Tensor    # (B,) int64
+    flip: torch.Tensor    # (B,) bool
+
+
+def sample_crop_flip(batch: int, padding: int, generator: torch.Generator) -> CropFlipParams:
+    top = torch.randint(0, 2 * padding + 1, (batch,), generator=generator)
+    left = torch.randint(0, 2 * padding + 1, (batch,), generator=generator)
+    flip = torch.rand(batch, generator=generator) < 0.5
+    return CropFlipParams(top, left, flip)
+
+
+def crop_flip(x: torch.Tensor, padding: int, params: CropFlipParams) -> torch.Tensor:
+    """Crop every image at its own offset from the zero-padded batch, then flip some: one gather."""
+    b, c, h, w = x.shape
+    device = x.device
+    padded = F.pad(x, (padding, padding, padding, padding))  # zeros, like torchvision's fill=0
+    rows = params.top.to(device)[:, None] + torch.arange(h, device=device)            # (B, H)
+    cols = params.left.to(device)[:, None] + torch.arange(w, device=device)           # (B, W)
+    cols = torch.where(params.flip.to(device)[:, None], cols.flip(1), cols)
+    flat_index = (rows[:, :, None] * (w + 2 * padding) + cols[:, None, :]).reshape(b, 1, h * w)
+    out = padded.reshape(b, c, -1).gather(2, flat_index.expand(b, c, h * w))
+    return out.reshape(b, c, h, w)
+
+
+class Preprocess:
+    """uint8 (B, 3, 32, 32) on the device -> normalized float input for the model.
+
+    Order as in the seed's torchvision pipeline: Resize -> RandomCrop(pad) -> HFlip ->
+    ToTensor/Normalize. Resizing works on 0..255 floats; padding is pixel value 0.
+    """
+
+    def __init__(self, image_size: int, mean, std, padding: int, device, channels_last: bool = False):
+        self.image_size = image_size
+        self.padding = padding
+        std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)     # (x/255 - mean)/std == x*scale + shift
+        self.shift = -mean_t / std_t
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, x: torch.Tensor, params: CropFlipParams | None = None) -> torch.Tensor:
+        x = x.float()
+        if x.shape[-1] != self.image_size:
+            # Upsampling 32 -> 128: bilinear, half-pixel centres, like PIL/torchvision Resize.
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                              align_corners=False, antialias=False)
+        if params is not None:
+            x = crop_flip(x, self.padding, params)
+        x = torch.addcmul(self.shift, x, self.scale)
+        return x.contiguous(memory_format=self.memory_format)

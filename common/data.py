@@ -1,0 +1,250 @@
+"""CIFAR-10/100 from the official python layout into uint8 tensors, plus the train/val split.
+
+Why not torchvision.datasets.CIFAR10: it decodes nothing but still hands out one PIL image
+at a time, which is what made the seed's pipeline slow. Here a dataset is one uint8 tensor
+(N, 3, 32, 32) and its labels (N,) int64; batches are cut from it on the training device.
+
+Safety: the official files are pickles. They are read with an unpickler that only builds
+dicts, lists, strings, numbers and numpy arrays, so a crafted data file cannot run code.
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import shutil
+import tempfile
+import urllib.error
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+OFFICIAL_BASE_URL = "https://www.cs.toronto.edu/~kriz/"
+MIRROR_ENV = "CIFAR_MIRROR"  # optional base URL that replaces OFFICIAL_BASE_URL (a local mirror)
+
+
+class DataError(Exception):
+    """A problem with the data a user can act on; the scripts print it as one line and exit 1."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    folder: str          # what the archive unpacks to, under --data-dir
+    archive: str
+    md5: str             # of the archive (the batch files themselves are not checked)
+    train_files: tuple
+    test_files: tuple
+    label_key: str
+    meta_file: str
+    names_key: str
+    num_classes: int
+
+    @property
+    def run_folder(self) -> str:
+        return {"cifar10": "cifar_10", "cifar100": "cifar_100"}[self.name]
+
+    def url(self) -> str:
+        return os.environ.get(MIRROR_ENV, OFFICIAL_BASE_URL).rstrip("/") + "/" + self.archive
+
+
+SPECS = {
+    "cifar10": DatasetSpec("cifar10", "cifar-10-batches-py", "cifar-10-python.tar.gz",
+                           "c58f30108f718f92721af3b95e74349a",
+                           tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
+                           "labels", "batches.meta", "label_names", 10),
+    "cifar100": DatasetSpec("cifar100", "cifar-100-python", "cifar-100-python.tar.gz",
+                            "eb9058c3a382ffc7106e4002c42a8d85",
+                            ("train",), ("test",), "fine_labels", "meta", "fine_label_names", 100),
+}
+
+
+@dataclass
+class CifarData:
+    train_x: torch.Tensor   # (N, 3, 32, 32) uint8
+    train_y: torch.Tensor   # (N,) int64
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list
+
+
+# --- reading ---------------------------------------------------------------------------
+
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}: not part of the CIFAR format")
+
+
+def safe_unpickle(path: str) -> dict:
+    """Read one CIFAR batch file; any failure becomes a DataError naming the file."""
+    try:
+        with open(path, "rb") as f:
+            obj = _CifarUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
+    except FileNotFoundError:
+        raise DataError(f"missing data file {path}; delete its folder to download it again") from None
+    except Exception as e:  # truncated, corrupt, or a refused global
+        raise DataError(f"cannot read {path}: {e} (delete the folder to download it again)") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path} is not a CIFAR batch file (expected a dict, found {type(obj).__name__})")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _read_split(root: str, files: tuple, spec: DatasetSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = [], []
+    for name in files:
+        path = os.path.join(root, name)
+        batch = safe_unpickle(path)
+        if "data" not in batch or spec.label_key not in batch:
+            raise DataError(f"{path} lacks 'data' or '{spec.label_key}'")
+        data = np.asarray(batch["data"])
+        y = np.asarray(batch[spec.label_key])
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            raise DataError(f"{path}: 'data' must be uint8 of shape (N, 3072), found {data.dtype} {data.shape}")
+        if y.shape != (data.shape[0],) or not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{path}: expected {data.shape[0]} integer labels, found {y.dtype} {y.shape}")
+        if y.size and (y.min() < 0 or y.max() >= spec.num_classes):
+            raise DataError(f"{path}: labels must lie in [0, {spec.num_classes - 1}], "
+                            f"found {int(y.min())}..{int(y.max())}")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(y.astype(np.int64))
+    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+
+
+def load_cifar(spec: DatasetSpec, data_dir: str, download: bool = True) -> CifarData:
+    """The dataset as tensors; downloads and unpacks the official archive once if it is missing."""
+    root = os.path.join(data_dir, spec.folder)
+    if not os.path.isdir(root):
+        if not download:
+            raise DataError(f"{root} does not exist")
+        download_archive(spec, data_dir)
+    train_x, train_y = _read_split(root, spec.train_files, spec)
+    test_x, test_y = _read_split(root, spec.test_files, spec)
+    meta = safe_unpickle(os.path.join(root, spec.meta_file))
+    classes = [c.decode("latin1") if isinstance(c, bytes) else str(c) for c in meta.get(spec.names_key, [])]
+    if len(classes) != spec.num_classes:
+        raise DataError(f"{os.path.join(root, spec.meta_file)}: expected {spec.num_classes} class names "
+                        f"under '{spec.names_key}', found {len(classes)}")
+    return CifarData(train_x, train_y, test_x, test_y, classes)
+
+
+def download_archive(spec: DatasetSpec, data_dir: str) -> None:
+    """Download, md5-check and unpack the official archive. A wrong md5 deletes the file."""
+    from torchvision.datasets.utils import check_integrity, download_url, extract_archive
+
+    url = spec.url()
+    archive = os.path.join(data_dir, spec.archive)
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create data folder {data_dir}: {e.strerror}") from None
+    if not check_integrity(archive, spec.md5):
+        print(f"downloading {url} -> {data_dir}", flush=True)
+        try:
+            download_url(url, data_dir, filename=spec.archive, md5=None)
+        except (urllib.error.URLError, OSError, RuntimeError) as e:
+            _remove(archive)
+            raise DataError(f"{spec.name} is not in {os.path.abspath(os.path.join(data_dir, spec.folder))} and "
+                            f"downloading {url} failed ({_reason(e)}). Check the network, or download "
+                            f"the archive by hand and unpack it into {os.path.abspath(data_dir)}") from None
+        if not check_integrity(archive, spec.md5):
+            _remove(archive)
+            raise DataError(f"downloaded {url} but its md5 is not {spec.md5}; the file was deleted, try again")
+    extract_archive(archive, data_dir)
+
+
+def _reason(e: Exception) -> str:
+    reason = getattr(e, "reason", None) or e
+    return str(reason).strip() or type(e).__name__
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+# --- the split ---------------------------------------------------------------------------
+
+def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Disjoint train/val indices with the class proportions kept (45,000 / 5,000 for CIFAR).
+
+    Every class gets at least one validation image, so tiny (smoke) sets still split.
+    """
+    from sklearn.model_selection import train_test_split
+
+    y = labels.numpy()
+    n_classes = len(np.unique(y))
+    n_val = max(n_classes, int(round(val_fraction * len(y))))
+    train_idx, val_idx = train_test_split(np.arange(len(y)), test_size=n_val, stratify=y, random_state=seed)
+    return torch.from_numpy(np.sort(train_idx)), torch.from_numpy(np.sort(val_idx))
+
+
+# --- synthetic data in the official formats ----------------------------------------------
+
+def make_synthetic(spec: DatasetSpec, data_dir: str, train_per_class: int, test_per_class: int,
+                   seed: int = 0) -> str:
+    """Write a small dataset in the exact on-disk layout of the official archive.
+
+    Each class has its own colour and a stripe pattern, plus noise, so a model can learn
+    it in a few steps; used by --smoke and the tests. Returns the dataset folder.
+    """
+    root = os.path.join(data_dir, spec.folder)
+    if os.path.isdir(root):
+        return root
+    rng = np.random.default_rng(seed)
+    k = spec.num_classes
+    colours = rng.integers(40, 216, size=(k, 3, 1, 1))
+    freqs = 1 + np.arange(k) % 7
+    angle = (np.arange(k) * 2 * np.pi / k)
+
+    def images(per_class):
+        labels = np.repeat(np.arange(k), per_class)
+        rng.shuffle(labels)
+        yy, xx = np.mgrid[0:32, 0:32] / 32.0
+        out = np.empty((len(labels), 3, 32, 32), np.float64)
+        for i, c in enumerate(labels):
+            stripes = np.sin(2 * np.pi * freqs[c] * (np.cos(angle[c]) * xx + np.sin(angle[c]) * yy))
+            out[i] = colours[c] + 30 * stripes[None] + rng.normal(0, 20, (3, 32, 32))
+        return np.clip(out, 0, 255).astype(np.uint8).reshape(len(labels), -1), labels.tolist()
+
+    os.makedirs(data_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=data_dir, prefix=spec.folder + ".tmp-")  # unique: parallel runs may race
+    names = [f"class_{c:03d}" for c in range(k)]
+    train_data, train_labels = images(train_per_class)
+    test_data, test_labels = images(test_per_class)
+
+    def dump(name, obj):
+        with open(os.path.join(tmp, name), "wb") as f:
+            pickle.dump(obj, f, protocol=2)
+
+    if spec.name == "cifar10":
+        chunks = np.array_split(np.arange(len(train_labels)), len(spec.train_files))
+        for fname, idx in zip(spec.train_files, chunks):
+            dump(fname, {"batch_label": fname, "data": train_data[idx],
+                         "labels": [train_labels[i] for i in idx]})
+        dump("test_batch", {"batch_label": "test", "data": test_data, "labels": test_labels})
+        dump("batches.meta", {"label_names": names, "num_cases_per_batch": len(train_labels), "num_vis": 3072})
+    else:
+        coarse = lambda ys: [y // 5 for y in ys]  # noqa: E731 - 20 super-classes of 5, like the real set
+        dump("train", {"batch_label": "train", "data": train_data, "fine_labels": train_labels,
+                       "coarse_labels": coarse(train_labels)})
+        dump("test", {"batch_label": "test", "data": test_data, "fine_labels": test_labels,
+                      "coarse_labels": coarse(test_labels)})
+        dump("meta", {"fine_label_names": names, "coarse_label_names": [f"super_{c:02d}" for c in range(20)]})
+    try:
+        os.rename(tmp, root)
+    except OSError:  # another process finished first; its copy is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root

@@ -1,0 +1,56 @@
+"""Test metrics from logits: what test.json holds.
+
+AUC is macro one-vs-rest from predicted probabilities (the seed fed hard labels to
+roc_auc_score, which measures something else). Accuracies are fractions in [0, 1].
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, class_names: list) -> dict:
+    logits = logits.float().cpu()
+    y = labels.cpu().numpy()
+    k = len(class_names)
+    probs = torch.softmax(logits, dim=1).numpy().astype(np.float64)
+    pred = probs.argmax(1)
+    loss = float(torch.nn.functional.cross_entropy(logits, labels.cpu()))
+    top5 = torch.topk(logits, min(5, k), dim=1).indices.numpy()
+    precision, recall, f1, _ = precision_recall_fscore_support(y, pred, labels=range(k), average="macro",
+                                                               zero_division=0)
+    p_c, r_c, f_c, s_c = precision_recall_fscore_support(y, pred, labels=range(k), average=None,
+                                                         zero_division=0)
+    present = np.unique(y)
+    if len(present) == k:
+        auc = roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=range(k))
+    else:  # a class without test images has no ROC curve
+        auc = float("nan")
+    return {
+        "accuracy": float((pred == y).mean()),
+        "loss": loss,
+        "top5_accuracy": float((top5 == y[:, None]).any(1).mean()),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "auc": float(auc),
+        "ece": expected_calibration_error(probs, y),
+        "num_images": int(len(y)),
+        "per_class": {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+                      for name, p, r, f, s in zip(class_names, p_c, r_c, f_c, s_c)},
+        "confusion_matrix": confusion_matrix(y, pred, labels=range(k)).tolist(),  # rows: true, cols: predicted
+    }
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
+    confidence = probs.max(1)
+    correct = probs.argmax(1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        in_bin = (confidence > lo) & (confidence <= hi)
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(ece)

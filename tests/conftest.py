@@ -1,0 +1,36 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+
+def run_script(script: str, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python ex_N.py ARGS` from the repo root as a user would; never touches the network."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    return subprocess.run([sys.executable, os.path.join(REPO, script), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, env=full_env)
+
+
+@pytest.fixture(scope="session")
+def smoke_data(tmp_path_factory):
+    """A --data-dir whose synthetic/ folder holds both tiny datasets in the official layouts."""
+    from common.data import SPECS, make_synthetic
+    from common.experiment import SMOKE_SIZES
+
+    root = tmp_path_factory.mktemp("data")
+    for name, spec in SPECS.items():
+        make_synthetic(spec, os.path.join(root, "synthetic"), *SMOKE_SIZES[name])
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def ex1_smoke_runs(smoke_data, tmp_path_factory):
+    """One complete `python ex_1.py --smoke` (both datasets), shared by the run-folder tests."""
+    out = tmp_path_factory.mktemp("ex1_smoke")
+    result = run_script("ex_1.py", "--smoke", "--data-dir", smoke_data, "--out", str(out), "--save-every", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result

@@ -1,0 +1,77 @@
+"""The batched on-device pipeline against torchvision's per-image transforms."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from scipy.stats import chisquare
+
+from common.augment import Preprocess, crop_flip, sample_crop_flip
+from common.models import TutorialCNN
+
+
+def _reference(images_uint8, params, padding, size, mean, std):
+    """Straightforward per-image torchvision: Resize -> pad + crop -> hflip -> ToTensor-scale -> Normalize."""
+    out = []
+    for i, img in enumerate(images_uint8.float()):
+        if size != img.shape[-1]:
+            img = TF.resize(img, [size, size], antialias=False)
+        if params is not None:
+            img = TF.pad(img, [padding] * 4, fill=0)
+            img = TF.crop(img, int(params.top[i]), int(params.left[i]), size, size)
+            if params.flip[i]:
+                img = TF.hflip(img)
+        out.append(TF.normalize(img / 255.0, mean, std))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("size,padding", [(32, 4), (64, 8)])
+def test_fast_pipeline_matches_per_image_reference(size, padding):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=g)
+    params = sample_crop_flip(16, padding, g)
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    fast = Preprocess(size, mean, std, padding, "cpu")(images, params)
+    ref = _reference(images, params, padding, size, mean, std)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_same_loss_on_same_batch_and_augmentation():
+    torch.manual_seed(0)
+    model = TutorialCNN(10).eval()
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (32,), generator=g)
+    params = sample_crop_flip(32, 4, g)
+    fast = F.cross_entropy(model(Preprocess(32, (0.5,) * 3, (0.5,) * 3, 4, "cpu")(images, params)), labels)
+    ref = F.cross_entropy(model(_reference(images, params, 4, 32, (0.5,) * 3, (0.5,) * 3)), labels)
+    assert float(fast) == pytest.approx(float(ref), abs=1e-6)
+
+
+def test_crop_offsets_and_flips_are_uniform_and_per_image():
+    g = torch.Generator().manual_seed(0)
+    n, padding = 90_000, 4
+    p = sample_crop_flip(n, padding, g)
+    for offsets in (p.top, p.left):
+        counts = torch.bincount(offsets, minlength=2 * padding + 1).numpy()
+        assert len(counts) == 9
+        assert chisquare(counts).pvalue > 1e-3  # uniform over {0..8}
+    assert abs(p.flip.float().mean().item() - 0.5) < 0.01
+    # independent per image: offsets of one image say nothing about the next, nor top about left
+    assert abs(np.corrcoef(p.top[:-1], p.top[1:])[0, 1]) < 0.02
+    assert abs(np.corrcoef(p.top, p.left)[0, 1]) < 0.02
+    # and a batch really gets different crops: images differ after augmenting identical inputs
+    same = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8).expand(64, -1, -1, -1).contiguous()
+    out = crop_flip(same, padding, sample_crop_flip(64, padding, g))
+    assert len({o.numpy().tobytes() for o in out}) > 32
+
+
+def test_crop_without_shift_or_flip_is_identity_and_flip_mirrors():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    from common.augment import CropFlipParams
+    centre = CropFlipParams(torch.tensor([2, 2]), torch.tensor([2, 2]), torch.tensor([False, True]))
+    out = crop_flip(x, 2, centre)
+    assert torch.equal(out[0], x[0]) and torch.equal(out[1], x[1].flip(-1))
+    corner = CropFlipParams(torch.tensor([0]), torch.tensor([0]), torch.tensor([False]))
+    out = crop_flip(x[:1], 2, corner)
+    assert torch.equal(out[0, :, :2, :], torch.zeros(3, 2, 8)) and torch.equal(out[0, :, 2:, 2:], x[0, :, :6, :6])

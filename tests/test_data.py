@@ -1,0 +1,126 @@
+import os
+import pickle
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from common.data import SPECS, DataError, load_cifar, make_synthetic, safe_unpickle, stratified_split
+from tests.conftest import run_script
+
+
+def test_split_is_disjoint_stratified_and_seeded():
+    labels = torch.arange(10).repeat_interleave(5000)  # CIFAR-10's 50,000 training labels
+    train, val = stratified_split(labels, 0.1, seed=0)
+    assert len(train) == 45_000 and len(val) == 5_000
+    assert len(set(train.tolist()) & set(val.tolist())) == 0
+    assert sorted(train.tolist() + val.tolist()) == list(range(50_000))
+    assert torch.bincount(labels[val]).tolist() == [500] * 10
+    again, _ = stratified_split(labels, 0.1, seed=0)
+    other, _ = stratified_split(labels, 0.1, seed=1)
+    assert torch.equal(train, again) and not torch.equal(train, other)
+
+
+def test_split_of_cifar100_keeps_50_per_class():
+    labels = torch.arange(100).repeat_interleave(500)
+    _, val = stratified_split(labels, 0.1, seed=0)
+    assert torch.bincount(labels[val]).tolist() == [50] * 100
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_synthetic_data_reads_in_official_layout(tmp_path, name):
+    spec = SPECS[name]
+    make_synthetic(spec, str(tmp_path), 3, 1)
+    assert sorted(os.listdir(tmp_path / spec.folder)) == sorted(spec.train_files + spec.test_files + (spec.meta_file,))
+    data = load_cifar(spec, str(tmp_path), download=False)
+    assert data.train_x.dtype == torch.uint8 and data.train_x.shape == (3 * spec.num_classes, 3, 32, 32)
+    assert data.test_y.shape == (spec.num_classes,)
+    assert len(data.classes) == spec.num_classes
+    assert torch.bincount(data.train_y).tolist() == [3] * spec.num_classes
+
+
+def test_official_python2_style_pickle_is_read(tmp_path):
+    """The real archive was pickled by Python 2: byte-string keys and labels as a list."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in SPECS["cifar10"].train_files + ("test_batch",):
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 255, (10, 3072), dtype=np.uint8),
+                         b"labels": list(range(10)), b"batch_label": b"x"}, f, protocol=2)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [b"c%d" % i for i in range(10)]}, f, protocol=2)
+    data = load_cifar(SPECS["cifar10"], str(tmp_path), download=False)
+    assert data.train_x.shape == (50, 3, 32, 32) and data.classes[3] == "c3"
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/cifar_exploit_marker",))
+
+
+def test_crafted_pickle_is_refused(tmp_path):
+    path = tmp_path / "data_batch_1"
+    with open(path, "wb") as f:
+        pickle.dump({"data": _Exploit(), "labels": []}, f)
+    with pytest.raises(DataError, match="refused to load posix.system|refused to load os.system"):
+        safe_unpickle(str(path))
+    assert not os.path.exists("/tmp/cifar_exploit_marker")
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when the socket is
+
+
+def test_offline_download_fails_with_one_clear_line(tmp_path):
+    mirror = f"http://127.0.0.1:{_closed_port()}/"
+    result = run_script("ex_1.py", "--dataset", "cifar10", "--epochs", "1", "--data-dir", str(tmp_path / "d"),
+                        "--out", str(tmp_path / "o"), env={"CIFAR_MIRROR": mirror}, timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1
+    assert mirror + "cifar-10-python.tar.gz" in error_lines[0]
+    assert str(tmp_path / "d" / "cifar-10-batches-py") in error_lines[0]
+    assert not os.path.exists(tmp_path / "d" / "cifar-10-python.tar.gz")
+
+
+def test_wrong_md5_archive_is_deleted(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tv_utils
+
+    def fake_download(url, root, filename=None, md5=None):
+        with open(os.path.join(root, filename), "wb") as f:
+            f.write(b"not the real archive")
+
+    monkeypatch.setattr(tv_utils, "download_url", fake_download)
+    with pytest.raises(DataError, match="md5"):
+        load_cifar(SPECS["cifar10"], str(tmp_path))
+    assert not os.path.exists(tmp_path / "cifar-10-python.tar.gz")
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("truncate", "cannot read"),
+    ("shape", "must be uint8 of shape"),
+    ("labels", "labels must lie in"),
+])
+def test_damaged_data_files_give_clear_errors(tmp_path, damage, message):
+    spec = SPECS["cifar10"]
+    root = make_synthetic(spec, str(tmp_path), 3, 1)
+    path = os.path.join(root, "data_batch_2")
+    if damage == "truncate":
+        blob = open(path, "rb").read()
+        open(path, "wb").write(blob[: len(blob) // 2])
+    else:
+        batch = safe_unpickle(path)
+        if damage == "shape":
+            batch["data"] = batch["data"][:, :100]
+        else:
+            batch["labels"] = [12] * len(batch["labels"])
+        with open(path, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    with pytest.raises(DataError, match=message) as info:
+        load_cifar(spec, str(tmp_path), download=False)
+    assert "data_batch_2" in str(info.value)

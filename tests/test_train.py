@@ -1,0 +1,81 @@
+"""Schedules, the Lion update, and each experiment's config against the previous one."""
+import dataclasses
+import importlib
+import math
+
+import pytest
+import torch
+
+from common.train import build_optimizer, build_scheduler, lr_factor, step_scheduler
+
+
+def _curve(name, epochs=10, warmup=0, val_losses=None):
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.1)
+    sched = build_scheduler(name, opt, epochs, warmup)
+    lrs = []
+    for e in range(epochs):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        step_scheduler(sched, val_losses[e] if val_losses else 1.0)
+    return lrs
+
+
+def test_schedule_curves():
+    assert _curve("none") == pytest.approx([0.1] * 10)
+    cosine = _curve("cosine")
+    assert cosine[0] == pytest.approx(0.1)
+    assert cosine == pytest.approx([0.05 * (1 + math.cos(math.pi * e / 10)) for e in range(10)])
+    assert all(a > b for a, b in zip(cosine, cosine[1:]))
+    assert _curve("step") == pytest.approx([0.1] * 5 + [0.01] * 3 + [0.001] * 2)
+    warm = _curve("cosine", warmup=2)
+    assert warm[:3] == pytest.approx([0.01, 0.055, 0.1])
+    assert warm[3] < 0.1
+    one = _curve("onecycle")
+    assert one[0] == pytest.approx(0.1 / 25) and max(one) == pytest.approx(0.1) and one.index(max(one)) == 3
+    assert one[-1] == pytest.approx(0.1 / 25e4)
+    # plateau: halves after 3 epochs without improvement of the validation loss
+    plateau = _curve("plateau", epochs=8, val_losses=[1.0, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9])
+    assert plateau == pytest.approx([0.1] * 6 + [0.05] * 2)
+
+
+def test_lr_factor_is_the_multiplier_of_the_curve():
+    assert lr_factor("cosine", 0, 4) == 1.0 and lr_factor("cosine", 2, 4) == pytest.approx(0.5)
+
+
+def test_one_lion_step_equals_the_update_rule_by_hand():
+    torch.manual_seed(0)
+    w0 = torch.randn(5)
+    grad = torch.randn(5)
+    m0 = torch.randn(5)
+    lr, wd, b1, b2 = 0.01, 0.1, 0.9, 0.99
+    p = torch.nn.Parameter(w0.clone())
+    opt = build_optimizer("lion", [p], lr, wd)
+    opt.state[p]["exp_avg"] = m0.clone()  # a state as after earlier steps
+    p.grad = grad.clone()
+    opt.step()
+    expected = w0 * (1 - lr * wd) - lr * torch.sign(b1 * m0 + (1 - b1) * grad)
+    torch.testing.assert_close(p.detach(), expected)
+    torch.testing.assert_close(opt.state[p]["exp_avg"], b2 * m0 + (1 - b2) * grad)
+
+
+def _diff(a: str, b: str) -> set:
+    ca = dataclasses.asdict(importlib.import_module(a).CONFIG)
+    cb = dataclasses.asdict(importlib.import_module(b).CONFIG)
+    return {k for k in ca if ca[k] != cb[k]} - {"experiment"}
+
+
+def test_each_experiment_changes_only_its_recipe():
+    assert _diff("ex_1", "ex_2") == {"model", "image_size", "augment", "optimizer", "scheduler", "epochs"}
+    assert _diff("ex_3", "ex_4") == {"image_size", "augment", "scheduler", "epochs"}
+    assert _diff("ex_4", "ex_5") == {"optimizer", "lr", "weight_decay", "epochs"}
+
+
+def test_recipes_match_the_seed_report():
+    ex = {n: importlib.import_module(f"ex_{n}").CONFIG for n in range(1, 6)}
+    assert (ex[1].epochs, ex[1].batch_size, ex[1].lr, ex[1].weight_decay) == (50, 128, 1e-3, 1e-4)
+    assert (ex[2].image_size, ex[2].crop_padding(), ex[2].optimizer, ex[2].epochs) == (128, 16, "adamw", 100)
+    assert (ex[3].pretrained, ex[3].image_size, ex[3].lr, ex[3].augment, ex[3].epochs) == (True, 32, 1e-4, "none", 40)
+    assert (ex[4].image_size, ex[4].epochs) == (128, 15)
+    assert ex[5].optimizer == "lion" and ex[5].lr < ex[4].lr and ex[5].weight_decay > ex[4].weight_decay
+    assert ex[5].epochs == 2 * ex[4].epochs
