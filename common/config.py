@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 DATASETS = ("cifar10", "cifar100")
 MODELS = ("tutorial_cnn", "seed_cnn", "efficientnet_v2_s")
@@ -53,7 +53,9 @@ class Config:
     amp: bool = True                     # CUDA only: bf16 where supported, else fp16 + scaler
     smoke: bool = False
     resume: str | None = None
-    extra: dict = field(default_factory=dict)
+    seeds: tuple = ()                    # --seeds 0,1,2: one run folder per seed
+    tta: bool = False                    # also report horizontal-flip test-time augmentation
+    tensorboard: bool = False            # also write TensorBoard event files into the run folder
 
     def crop_padding(self) -> int:
         """Padding in px for RandomCrop: 4 at 32 px (the usual CIFAR recipe), 16 at 128 px (the seed's)."""
@@ -78,6 +80,16 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
+
+
+def _seed_list(text: str) -> tuple:
+    try:
+        seeds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seeds like 0,1,2, got {text!r}") from None
+    if any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be distinct and 0 or more, got {text!r}")
+    return seeds
 
 
 def _positive_float(text: str) -> float:
@@ -112,6 +124,8 @@ def build_parser(config: Config, description: str) -> argparse.ArgumentParser:
                    help="linear warm-up epochs before the schedule (default: %(default)s)")
     p.add_argument("--seed", type=_non_negative_int, default=config.seed,
                    help="seed for initialisation, shuffling and augmentation (default: %(default)s)")
+    p.add_argument("--seeds", type=_seed_list, default=(),
+                   help="comma-separated seeds, e.g. 0,1,2: one run folder per seed and dataset")
     p.add_argument("--data-dir", default=config.data_dir,
                    help="where datasets are cached; downloaded there once if missing (default: %(default)s)")
     p.add_argument("--out", default=config.out,
@@ -125,6 +139,10 @@ def build_parser(config: Config, description: str) -> argparse.ArgumentParser:
                    help="torch.compile the model (slower start, faster steps)")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=config.amp,
                    help="disable mixed precision on CUDA")
+    p.add_argument("--tta", action="store_true",
+                   help="also test with horizontal-flip test-time augmentation (reported beside the plain metrics)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files into the run folder (needs the tensorboard package)")
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue an interrupted run in its own folder from its last.pth")
     p.add_argument("--smoke", action="store_true",

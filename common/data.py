@@ -138,6 +138,17 @@ def load_cifar(spec: DatasetSpec, data_dir: str, download: bool = True) -> Cifar
     return CifarData(train_x, train_y, test_x, test_y, classes)
 
 
+def fingerprint(spec: DatasetSpec, data_dir: str) -> str:
+    """sha256 of the test file: tells the official archive, the JPEG copy and synthetic data apart."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(os.path.join(data_dir, spec.folder, spec.test_files[0]), "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def download_archive(spec: DatasetSpec, data_dir: str) -> None:
     """Download, md5-check and unpack the official archive. A wrong md5 deletes the file."""
     from torchvision.datasets.utils import check_integrity, download_url, extract_archive

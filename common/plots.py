@@ -35,7 +35,7 @@ def plot_curves(history: list, key: str, ylabel: str, title: str, path: str) -> 
     save_figure(fig, path)
 
 
-def plot_confusion_matrix(matrix: list, class_names: list, title: str, path: str) -> None:
+def confusion_figure(matrix: list, class_names: list, title: str):
     """Row-normalised heatmap (recall per true class); counts annotated where they fit (<= 20 classes)."""
     import seaborn as sns
 
@@ -48,9 +48,52 @@ def plot_confusion_matrix(matrix: list, class_names: list, title: str, path: str
                 annot=counts if k <= 20 else False, fmt="d",
                 xticklabels=class_names, yticklabels=class_names,
                 cbar_kws={"label": "fraction of the true class", "shrink": 0.7})
-    fontsize = 8 if k <= 20 else 5
-    ax.tick_params(axis="both", labelsize=fontsize)
+    ax.tick_params(axis="both", labelsize=8 if k <= 20 else 5)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
+    return fig
+
+
+def plot_errors(images, labels, probs, class_names: list, title: str, path: str, count: int = 36) -> None:
+    """The `count` most confident mistakes: each image with its true and predicted label."""
+    pred = probs.argmax(1)
+    wrong = np.flatnonzero(pred != labels)
+    wrong = wrong[np.argsort(-probs[wrong, pred[wrong]])][:count]
+    cols = 6
+    rows = max(1, int(np.ceil(len(wrong) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.9, rows * 2.2), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, wrong):
+        ax.imshow(images[i].transpose(1, 2, 0))
+        ax.set_title(f"true {class_names[labels[i]]}\npred {class_names[pred[i]]} {probs[i, pred[i]]:.2f}",
+                     fontsize=7)
+    if len(wrong) == 0:
+        axes[0, 0].text(0, 0.5, "no misclassified test images", fontsize=10)
+    fig.suptitle(title, fontsize=10)
+    save_figure(fig, path)
+
+
+def plot_calibration(probs, labels, ece: float, title: str, path: str, bins: int = 15) -> None:
+    """Reliability diagram: accuracy per confidence bin against the diagonal of perfect calibration."""
+    confidence = probs.max(1)
+    correct = probs.argmax(1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    centres, accuracy, counts = [], [], []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        in_bin = (confidence > lo) & (confidence <= hi)
+        centres.append((lo + hi) / 2)
+        accuracy.append(correct[in_bin].mean() if in_bin.any() else 0.0)
+        counts.append(int(in_bin.sum()))
+    fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True,
+                                       gridspec_kw={"height_ratios": [3, 1]})
+    ax.bar(centres, accuracy, width=1 / bins, edgecolor="black", alpha=0.8, label="accuracy in bin")
+    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title} (ECE {ece:.4f})")
+    ax.legend(loc="upper left")
+    ax_count.bar(centres, counts, width=1 / bins, color="grey")
+    ax_count.set_xlabel("confidence (max softmax probability)")
+    ax_count.set_ylabel("images")
     save_figure(fig, path)

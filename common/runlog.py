@@ -164,3 +164,12 @@ def load_checkpoint(path: str) -> dict:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise RunError(f"{path} is not a checkpoint written by this repo")
     return state
+
+
+def tensorboard_writer(run_dir: str):
+    """A SummaryWriter into the run folder; TensorBoard is optional, so say how to get it."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise RunError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(log_dir=run_dir)

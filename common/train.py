@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from common import distributed
 from common.augment import Preprocess, sample_crop_flip
 
 
@@ -129,10 +130,12 @@ class _LogLines:
 
 
 def _progress(total: int, desc: str):
+    if not distributed.is_main():
+        return tqdm(total=total, disable=True)
     if sys.stderr.isatty():
         return tqdm(total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
     # Not a terminal: a line at most every 30 s instead of a bar redrawn 10 times a second.
-    return tqdm(total=total, desc=desc, leave=False, file=_LogLines(), ncols=100, mininterval=30, delay=30)
+    return tqdm(total=total, desc=desc, leave=False, file=_LogLines(), ncols=100, mininterval=30, maxinterval=60, delay=30)
 
 
 def train_one_epoch(model: nn.Module, optimizer, images: torch.Tensor, labels: torch.Tensor,
@@ -143,6 +146,11 @@ def train_one_epoch(model: nn.Module, optimizer, images: torch.Tensor, labels: t
     model.train()
     device = images.device
     order = indices[torch.randperm(len(indices), generator=generator)].to(device)
+    world = distributed.world_size()
+    if world > 1:  # every process its own shard of the same shuffled order, and its own augmentations
+        order = order[: len(order) - len(order) % world][distributed.rank()::world]
+        generator = torch.Generator().manual_seed(
+            int(torch.randint(0, 2**62, (1,), generator=generator)) + distributed.rank())
     steps = math.ceil(len(order) / batch_size)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -173,21 +181,26 @@ def train_one_epoch(model: nn.Module, optimizer, images: torch.Tensor, labels: t
             bar.update()
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    totals = distributed.all_reduce_sum(torch.stack([loss_sum.float(), correct.float(),
+                                                     torch.tensor(float(seen), device=device)]))
+    loss_total, correct_total, seen = totals.tolist()  # .tolist() waits for the device
     seconds = time.perf_counter() - start
-    return {"loss": float(loss_sum) / max(seen, 1), "accuracy": float(correct) / max(seen, 1),
-            "images": seen, "seconds": seconds}
+    return {"loss": loss_total / max(seen, 1), "accuracy": correct_total / max(seen, 1),
+            "images": int(seen), "seconds": seconds}
 
 
 @torch.inference_mode()
 def predict(model: nn.Module, images: torch.Tensor, indices: torch.Tensor | None, preprocess: Preprocess,
             batch_size: int, dtype=None, flip: bool = False, desc: str = "eval") -> torch.Tensor:
-    """Logits (float32, on the CPU) for `images[indices]`, in order. flip=True mirrors every image."""
+    """Logits (float32, on the CPU) for `images[indices]`, in order. flip=True mirrors every image.
+
+    Under torchrun each process predicts one contiguous chunk and the chunks are gathered in
+    order, so every image is counted exactly once.
+    """
     model.eval()
     device = images.device
     indices = torch.arange(len(images)) if indices is None else indices
-    indices = indices.to(device)
+    indices = torch.tensor_split(indices, distributed.world_size())[distributed.rank()].to(device)
     out = []
     steps = math.ceil(len(indices) / batch_size)
     with _progress(steps, desc) as bar:
@@ -198,7 +211,7 @@ def predict(model: nn.Module, images: torch.Tensor, indices: torch.Tensor | None
             with autocast(device, dtype):
                 out.append(model(x).float())
             bar.update()
-    return torch.cat(out).cpu()
+    return distributed.gather_concat(torch.cat(out).cpu())
 
 
 def evaluate(model, images, labels, indices, preprocess, batch_size, dtype=None, desc="val") -> dict:

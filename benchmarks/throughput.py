@@ -1,0 +1,250 @@
+"""Training/evaluation throughput, side by side in one run, on the machine it runs on.
+
+For each experiment's model at its input size:
+  (a) floor      forward + backward + optimizer step on one batch already on the device
+  (b) ours       common.train.train_one_epoch: uint8 data on the device, batched augmentation
+  (c) seed-style torchvision transforms on PIL images through a DataLoader (the seed's pipeline)
+  (d) eval       common.train.predict against an inference-only floor at the eval batch size
+and, with --compile, (b) with torch.compile (compile time reported apart).
+Rounds alternate a, b, c so that a busy machine slows all of them alike; medians are reported.
+
+    python -m benchmarks.throughput              # all experiments (a few minutes on a 2-core CPU)
+    python -m benchmarks.throughput --quick      # EX-1 and EX-2, fewer steps (about a minute)
+    python -m benchmarks.throughput --experiments ex_1 --compile
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common import runlog  # noqa: E402
+from common.augment import Preprocess  # noqa: E402
+from common.models import build_model  # noqa: E402
+from common.train import amp_dtype, autocast, build_optimizer, predict, select_device, train_one_epoch  # noqa: E402
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def floor_steps(model, optimizer, x, y, steps, dtype, device):
+    for _ in range(steps):
+        with autocast(device, dtype):
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def seed_style_loader(images: np.ndarray, labels: np.ndarray, cfg, batch_size: int, workers: int):
+    """What the seed did: a Dataset of PIL images and a torchvision transform chain per image."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    chain = []
+    if cfg.image_size != 32:
+        chain.append(T.Resize((cfg.image_size, cfg.image_size), antialias=True))
+    if cfg.augment == "crop_flip":
+        chain += [T.RandomCrop(cfg.image_size, padding=cfg.crop_padding()), T.RandomHorizontalFlip()]
+    chain += [T.ToTensor(), T.Normalize(cfg.mean, cfg.std)]
+    transform = T.Compose(chain)
+    hwc = images.transpose(0, 2, 3, 1)
+
+    class PILDataset(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(labels)
+
+        def __getitem__(self, i):  # like torchvision.datasets.CIFAR10.__getitem__
+            return transform(Image.fromarray(hwc[i])), int(labels[i])
+
+    return torch.utils.data.DataLoader(PILDataset(), batch_size=batch_size, shuffle=True, num_workers=workers,
+                                       persistent_workers=workers > 0, drop_last=True)
+
+
+def seed_style_steps(model, optimizer, batches, steps, dtype, device):
+    for _ in range(steps):
+        x, y = next(batches)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device, dtype):
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def bench_experiment(name: str, args, device) -> dict:
+    cfg = importlib.import_module(name).CONFIG
+    cfg = dataclasses.replace(cfg, pretrained=False)
+    batch, steps = cfg.batch_size, args.steps
+    dtype = amp_dtype(device, True)
+    channels_last = device.type == "cuda"
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    g = torch.Generator().manual_seed(0)
+    n = batch * steps * 2
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    images_dev, labels_dev = images.to(device), labels.to(device)
+    preprocess = Preprocess(cfg.image_size, cfg.mean, cfg.std, cfg.crop_padding(), device, channels_last)
+
+    torch.manual_seed(0)
+    model = build_model(cfg, 10).to(device, memory_format=memory_format)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay)
+    x = preprocess(images_dev[:batch])
+    y = labels_dev[:batch]
+
+    loader = seed_style_loader(images.numpy(), labels.numpy(), cfg, batch, args.workers)
+    seed_batches = iter(_forever(loader))
+    subset = torch.arange(batch * steps)
+
+    def ours():
+        gen = torch.Generator().manual_seed(1)
+        train_one_epoch(model, optimizer, images_dev, labels_dev, subset, preprocess, batch, gen,
+                        cfg.augment == "crop_flip", dtype, None, desc=f"bench {name}")
+
+    # warm-up: allocator, cuDNN autotuning, worker start-up
+    floor_steps(model, optimizer, x, y, 2, dtype, device)
+    seed_style_steps(model, optimizer, seed_batches, 2, dtype, device)
+    rates = {"floor": [], "ours": [], "seed_style": []}
+    for _ in range(args.rounds):
+        rates["floor"].append(batch * steps / _timed(lambda: floor_steps(model, optimizer, x, y, steps, dtype, device), device))
+        rates["ours"].append(batch * steps / _timed(ours, device))
+        rates["seed_style"].append(batch * steps / _timed(
+            lambda: seed_style_steps(model, optimizer, seed_batches, steps, dtype, device), device))
+
+    # (d) evaluation: predict() on uint8 data vs the model alone on a preprocessed batch
+    eval_batch = cfg.eval_batch_size if device.type == "cuda" else min(cfg.eval_batch_size, 512)
+    eval_n = min(n, eval_batch * max(1, steps // 2))
+    xe = preprocess(images_dev[:eval_batch])
+    model.eval()
+
+    def eval_floor():
+        with torch.inference_mode():
+            for _ in range(eval_n // eval_batch):
+                with autocast(device, dtype):
+                    model(xe)
+
+    def eval_ours():
+        predict(model, images_dev[: (eval_n // eval_batch) * eval_batch], None, preprocess, eval_batch, dtype)
+
+    eval_floor()
+    eval_rates = {"eval_floor": [], "eval_ours": []}
+    counted = (eval_n // eval_batch) * eval_batch
+    for _ in range(args.rounds):
+        eval_rates["eval_floor"].append(counted / _timed(eval_floor, device))
+        eval_rates["eval_ours"].append(counted / _timed(eval_ours, device))
+    rates.update(eval_rates)
+
+    result = {k: statistics.median(v) for k, v in rates.items()}
+    result.update({"experiment": name, "model": cfg.model, "image_size": cfg.image_size, "batch_size": batch,
+                   "steps_per_round": steps, "rounds": args.rounds, "seed_style_workers": args.workers,
+                   "eval_batch_size": eval_batch})
+    result["ours_vs_floor"] = result["ours"] / result["floor"]
+    result["ours_vs_seed_style"] = result["ours"] / result["seed_style"]
+    result["eval_vs_floor"] = result["eval_ours"] / result["eval_floor"]
+
+    if args.compile:
+        model.train()
+        compiled = torch.compile(model)
+        start = time.perf_counter()
+        gen = torch.Generator().manual_seed(2)
+        train_one_epoch(compiled, optimizer, images_dev, labels_dev, torch.arange(batch * 2), preprocess, batch,
+                        gen, cfg.augment == "crop_flip", dtype, None, desc="compile")
+        _sync(device)
+        result["compile_time_s"] = time.perf_counter() - start
+        compiled_rates, floor_again = [], []
+        for _ in range(args.rounds):
+            floor_again.append(batch * steps / _timed(
+                lambda: floor_steps(model, optimizer, x, y, steps, dtype, device), device))
+            gen = torch.Generator().manual_seed(3)
+            compiled_rates.append(batch * steps / _timed(lambda: train_one_epoch(
+                compiled, optimizer, images_dev, labels_dev, subset, preprocess, batch, gen,
+                cfg.augment == "crop_flip", dtype, None, desc="compiled"), device))
+        result["ours_compiled"] = statistics.median(compiled_rates)
+        result["floor_during_compiled"] = statistics.median(floor_again)
+        result["compiled_vs_floor"] = result["ours_compiled"] / result["floor_during_compiled"]
+    return result
+
+
+def _forever(loader):
+    while True:
+        yield from loader
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--experiments", nargs="+", default=None, help="default: ex_1 ex_2 ex_3 ex_4 (ex_1 ex_2 with --quick)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per measurement (default 10, 4 with --quick)")
+    p.add_argument("--rounds", type=int, default=None, help="alternating rounds, median reported (default 3, 2 with --quick)")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="DataLoader workers of the seed-style pipeline")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true", help="also measure our step with torch.compile")
+    p.add_argument("--quick", action="store_true", help="about a minute on a 2-core CPU")
+    p.add_argument("--out", default=None, help="JSON file (default: benchmarks/results/throughput-<device>-<time>.json)")
+    args = p.parse_args(argv)
+    args.experiments = args.experiments or (["ex_1", "ex_2"] if args.quick else ["ex_1", "ex_2", "ex_3", "ex_4"])
+    args.steps = args.steps or (4 if args.quick else 10)
+    args.rounds = args.rounds or (2 if args.quick else 3)
+    device = select_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    env = runlog.environment(device)
+    env["cpu"] = platform.processor() or platform.machine()
+    env["cpu_count"] = os.cpu_count()
+    print(f"device: {device} ({env.get('gpu', env['cpu'])}), torch {torch.__version__}, threads {torch.get_num_threads()}")
+    results = []
+    for name in args.experiments:
+        r = bench_experiment(name, args, device)
+        results.append(r)
+        print(f"{name}: floor {r['floor']:.0f} img/s, ours {r['ours']:.0f}, seed-style {r['seed_style']:.0f}, "
+              f"eval {r['eval_ours']:.0f} vs {r['eval_floor']:.0f}", flush=True)
+    print()
+    print(markdown_table(results))
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                   f"throughput-{device.type}-{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    runlog.write_json(out, {"environment": env, "command": runlog.command_line(), "args": vars(args), "results": results})
+    print(f"\nwrote {out}")
+
+
+def markdown_table(results: list) -> str:
+    header = ("| experiment | size | (a) floor img/s | (b) ours img/s | (c) seed-style img/s | b/a | b/c "
+              "| (d) eval img/s | eval floor img/s | d/floor |")
+    lines = [header, "|" + "|".join(["---"] * 10) + "|"]
+    for r in results:
+        lines.append(f"| {r['experiment']} | {r['image_size']} | {r['floor']:.0f} | {r['ours']:.0f} | "
+                     f"{r['seed_style']:.0f} | {r['ours_vs_floor']:.2f} | {r['ours_vs_seed_style']:.2f} | "
+                     f"{r['eval_ours']:.0f} | {r['eval_floor']:.0f} | {r['eval_vs_floor']:.2f} |")
+    compiled = [r for r in results if "ours_compiled" in r]
+    if compiled:
+        lines += ["", "| experiment | compile time s | compiled ours img/s | eager floor img/s | compiled/floor |",
+                  "|---|---|---|---|---|"]
+        for r in compiled:
+            lines.append(f"| {r['experiment']} | {r['compile_time_s']:.1f} | {r['ours_compiled']:.0f} | "
+                         f"{r['floor_during_compiled']:.0f} | {r['compiled_vs_floor']:.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

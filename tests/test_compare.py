@@ -1,0 +1,132 @@
+"""Experiment management: seeds + compare, TensorBoard, TTA."""
+import json
+import os
+import statistics
+
+import pytest
+import torch
+
+from common import compare
+from tests.conftest import run_script
+
+
+@pytest.fixture(scope="module")
+def seeded_runs(smoke_data, tmp_path_factory):
+    """Three --smoke seeds of EX-1 and of EX-2 (CIFAR-10, EX-2 for one epoch to keep it short)."""
+    root = tmp_path_factory.mktemp("compare")
+    for script, extra in (("ex_1.py", []), ("ex_2.py", ["--epochs", "1"])):
+        out = root / script[:-3]
+        result = run_script(script, "--smoke", "--dataset", "cifar10", "--seeds", "0,1,2", "--save-every", "0",
+                            "--data-dir", smoke_data, "--out", str(out), *extra, timeout=400)
+        assert result.returncode == 0, result.stderr[-2000:]
+    return root
+
+
+def test_seeds_give_one_run_folder_each(seeded_runs):
+    for exp in ("ex_1", "ex_2"):
+        runs = sorted(os.listdir(seeded_runs / exp / "cifar_10"))
+        assert len(runs) == 3
+        seeds = sorted(json.load(open(seeded_runs / exp / "cifar_10" / r / "config.json"))["seed"] for r in runs)
+        assert seeds == [0, 1, 2]
+
+
+def test_compare_table_matches_the_run_folders(seeded_runs, tmp_path):
+    # an interrupted run beside the complete ones must be listed apart, not averaged in
+    broken = seeded_runs / "ex_1" / "cifar_10" / "2000-01-01_00-00-00"
+    broken.mkdir(exist_ok=True)
+    (broken / "config.json").write_text(json.dumps({"config": {"epochs": 2, "smoke": True}, "seed": 9}))
+    (broken / "train.json").write_text(json.dumps({"status": "interrupted", "epochs": []}))
+
+    runs = compare.collect([str(seeded_runs / "ex_1"), str(seeded_runs / "ex_2")])
+    table = compare.summarize(runs)["CIFAR-10"]
+    assert [row["experiment"] for row in table] == ["ex_1", "ex_2"]
+    for row in table:
+        folder = seeded_runs / row["experiment"] / "cifar_10"
+        accs = [json.load(open(folder / r / "test.json"))["accuracy"] for r in os.listdir(folder)
+                if os.path.exists(folder / r / "test.json")]
+        assert row["runs"] == 3 == len(accs)
+        assert row["accuracy_mean"] == pytest.approx(statistics.mean(accs))
+        assert row["accuracy_std"] == pytest.approx(statistics.stdev(accs))
+        assert row["accuracy"] == f"{statistics.mean(accs):.4f} ± {statistics.stdev(accs):.4f}"
+    text = compare.markdown(runs)
+    assert "| ex_1 | 2 | synthetic | 3 |" in text and "| ex_2 | 1 | synthetic | 3 |" in text
+    assert "2000-01-01_00-00-00: interrupted" in text
+
+    figure = tmp_path / "val.png"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{compare.README_START}\nold\n{compare.README_END}\nafter\n")
+    compare.main([str(seeded_runs / "ex_1"), str(seeded_runs / "ex_2"), "--figure", str(figure),
+                  "--readme", str(readme)])
+    assert figure.read_bytes()[:4] == b"\x89PNG"
+    new = readme.read_text()
+    assert "old" not in new and "| ex_1 | 2 | synthetic | 3 |" in new and new.endswith("after\n")
+
+
+@pytest.fixture(scope="module")
+def tb_tta_run(smoke_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tbtta")
+    result = run_script("ex_1.py", "--smoke", "--dataset", "cifar10", "--tensorboard", "--tta",
+                        "--data-dir", smoke_data, "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    (stamp,) = os.listdir(out / "cifar_10")
+    return out / "cifar_10" / stamp
+
+
+def test_tensorboard_events_parse_with_tensorboards_reader(tb_tta_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tb_tta_run), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"train/loss", "val/loss", "train/accuracy", "val/accuracy", "lr"} <= set(tags["scalars"])
+    history = json.load(open(tb_tta_run / "train.json"))["epochs"]
+    assert [e.value for e in events.Scalars("val/accuracy")] == pytest.approx([h["val_accuracy"] for h in history])
+    assert "test/confusion_matrix" in tags["images"]
+
+
+def test_tta_is_reported_beside_plain_and_differs_only_by_the_flip(tb_tta_run, smoke_data):
+    from common.augment import Preprocess
+    from common.config import config_from_dict
+    from common.data import SPECS, load_cifar
+    from common.metrics import classification_metrics
+    from common.models import build_model
+    from common.train import predict
+
+    test = json.load(open(tb_tta_run / "test.json"))
+    assert {"accuracy", "f1", "auc"} <= set(test) and {"accuracy", "f1", "auc", "loss"} <= set(test["tta"])
+    cfg = config_from_dict(json.load(open(tb_tta_run / "config.json"))["config"])
+    data = load_cifar(SPECS["cifar10"], cfg.data_dir, download=False)
+    model = build_model(cfg, 10)
+    model.load_state_dict(torch.load(tb_tta_run / "best.pth", weights_only=True)["model"])
+    pre = Preprocess(32, cfg.mean, cfg.std, 4, "cpu")
+    plain = predict(model, data.test_x, None, pre, 256)
+    mirrored = predict(model, data.test_x.flip(3), None, pre, 256)  # flip the images themselves
+    probs = (plain.softmax(1) + mirrored.softmax(1)) / 2
+    expected = classification_metrics(probs.log(), data.test_y, data.classes)
+    assert test["tta"]["accuracy"] == pytest.approx(expected["accuracy"])
+    assert test["tta"]["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    assert test["accuracy"] == pytest.approx(classification_metrics(plain, data.test_y, data.classes)["accuracy"])
+
+
+def test_errors_and_calibration_figures_and_ece(tb_tta_run):
+    for png in ("errors.png", "calibration.png"):
+        assert (tb_tta_run / png).read_bytes()[:4] == b"\x89PNG"
+    test = json.load(open(tb_tta_run / "test.json"))
+    assert 0 <= test["ece"] <= 1
+
+
+def test_missing_tensorboard_is_a_clear_error(monkeypatch):
+    import builtins
+
+    from common.runlog import RunError, tensorboard_writer
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard") or name.startswith("tensorboard"):
+            raise ImportError("No module named 'tensorboard'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with pytest.raises(RunError, match="pip install tensorboard"):
+        tensorboard_writer("/tmp")
