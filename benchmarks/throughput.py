@@ -134,7 +134,7 @@ def bench_experiment(name: str, args, device) -> dict:
             lambda: seed_style_steps(model, optimizer, seed_batches, steps, dtype, device), device))
 
     # (d) evaluation: predict() on uint8 data vs the model alone on a preprocessed batch
-    eval_batch = cfg.eval_batch_size if device.type == "cuda" else min(cfg.eval_batch_size, 512)
+    eval_batch = min(n, cfg.eval_batch_size if device.type == "cuda" else min(cfg.eval_batch_size, 512))
     eval_n = min(n, eval_batch * max(1, steps // 2))
     xe = preprocess(images_dev[:eval_batch])
     model.eval()
@@ -155,6 +155,17 @@ def bench_experiment(name: str, args, device) -> dict:
         eval_rates["eval_floor"].append(counted / _timed(eval_floor, device))
         eval_rates["eval_ours"].append(counted / _timed(eval_ours, device))
     rates.update(eval_rates)
+
+    if device.type == "cpu":
+        # The layout question on CPU: does channels_last make the floor faster? (On CUDA it is on.)
+        model.train()
+        cl_model = model.to(memory_format=torch.channels_last)
+        cl_x = x.contiguous(memory_format=torch.channels_last)
+        floor_steps(cl_model, optimizer, cl_x, y, 1, dtype, device)
+        rates["floor_channels_last"] = [batch * steps / _timed(
+            lambda: floor_steps(cl_model, optimizer, cl_x, y, steps, dtype, device), device)
+            for _ in range(args.rounds)]
+        model.to(memory_format=torch.contiguous_format)
 
     result = {k: statistics.median(v) for k, v in rates.items()}
     result.update({"experiment": name, "model": cfg.model, "image_size": cfg.image_size, "batch_size": batch,
@@ -236,6 +247,10 @@ def markdown_table(results: list) -> str:
         lines.append(f"| {r['experiment']} | {r['image_size']} | {r['floor']:.0f} | {r['ours']:.0f} | "
                      f"{r['seed_style']:.0f} | {r['ours_vs_floor']:.2f} | {r['ours_vs_seed_style']:.2f} | "
                      f"{r['eval_ours']:.0f} | {r['eval_floor']:.0f} | {r['eval_vs_floor']:.2f} |")
+    if any("floor_channels_last" in r for r in results):
+        lines += ["", "CPU layout check, floor img/s: " + ", ".join(
+            f"{r['experiment']} contiguous {r['floor']:.0f} vs channels_last {r['floor_channels_last']:.0f}"
+            for r in results if "floor_channels_last" in r)]
     compiled = [r for r in results if "ours_compiled" in r]
     if compiled:
         lines += ["", "| experiment | compile time s | compiled ours img/s | eager floor img/s | compiled/floor |",

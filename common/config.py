@@ -62,24 +62,27 @@ class Config:
         return self.image_size // 8
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _bounded(kind: type, minimum: float, inclusive: bool):
+    """An argparse type: a finite `kind` that is >= minimum (inclusive) or > minimum."""
+    word = {int: "a whole number", float: "a number"}[kind]
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {word}, got {text!r}") from None
+        if not math.isfinite(value) or (value < minimum if inclusive else value <= minimum):
+            bound = f"at least {minimum}" if inclusive else f"above {minimum}"
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+_positive_int = _bounded(int, 1, inclusive=True)
+_non_negative_int = _bounded(int, 0, inclusive=True)
+_positive_float = _bounded(float, 0, inclusive=False)
+_non_negative_float = _bounded(float, 0, inclusive=True)
 
 
 def _seed_list(text: str) -> tuple:
@@ -90,21 +93,6 @@ def _seed_list(text: str) -> tuple:
     if any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"seeds must be distinct and 0 or more, got {text!r}")
     return seeds
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = _positive_float(text) if text.strip() not in ("0", "0.0") else 0.0
-    return value
 
 
 def build_parser(config: Config, description: str) -> argparse.ArgumentParser:

@@ -27,9 +27,15 @@ from common.train import (TrainingError, amp_dtype, build_optimizer, build_sched
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER_ERRORS = (DataError, WeightsError, RunError, TrainingError)
-# --smoke: images per class (train, test) of the synthetic sets, epochs and batch size.
-SMOKE_SIZES = {"cifar10": (60, 20), "cifar100": (6, 2)}
+# --smoke: images per class (train, test) of the synthetic sets, epochs and batch size. EfficientNet
+# (20M parameters, slow on a CPU) gets the "tiny" sets so that every script's smoke run stays short.
+SMOKE_SIZES = {"small": {"cifar10": (60, 20), "cifar100": (6, 2)},
+               "tiny": {"cifar10": (10, 5), "cifar100": (2, 1)}}
 SMOKE_EPOCHS, SMOKE_BATCH = 2, 32
+
+
+def smoke_kind(model: str) -> str:
+    return "tiny" if model == "efficientnet_v2_s" else "small"
 
 
 def main(config: Config, description: str, argv: list[str] | None = None) -> list[str]:
@@ -63,7 +69,7 @@ def _resolve_defaults(cfg: Config, recipe: Config) -> Config:
     if not cfg.out:
         changes["out"] = os.path.join(REPO_ROOT, cfg.experiment + ("_smoke" if cfg.smoke else ""))
     if cfg.smoke:
-        changes["data_dir"] = os.path.join(cfg.data_dir, "synthetic")
+        changes["data_dir"] = os.path.join(cfg.data_dir, "synthetic", smoke_kind(cfg.model))
         if cfg.epochs == recipe.epochs:
             changes["epochs"] = SMOKE_EPOCHS
         if cfg.batch_size == recipe.batch_size:
@@ -74,7 +80,7 @@ def _resolve_defaults(cfg: Config, recipe: Config) -> Config:
 def load_data(cfg: Config, name: str) -> CifarData:
     spec = SPECS[name]
     if cfg.smoke:
-        make_synthetic(spec, cfg.data_dir, *SMOKE_SIZES[name])
+        make_synthetic(spec, cfg.data_dir, *SMOKE_SIZES[smoke_kind(cfg.model)][name])
         return load_cifar(spec, cfg.data_dir, download=False)
     return load_cifar(spec, cfg.data_dir)
 

@@ -17,13 +17,14 @@ def run_script(script: str, *args: str, timeout: float = 300, env: dict | None =
 
 @pytest.fixture(scope="session")
 def smoke_data(tmp_path_factory):
-    """A --data-dir whose synthetic/ folder holds both tiny datasets in the official layouts."""
+    """A --data-dir whose synthetic/{small,tiny}/ folders hold the --smoke datasets in the official layouts."""
     from common.data import SPECS, make_synthetic
     from common.experiment import SMOKE_SIZES
 
     root = tmp_path_factory.mktemp("data")
-    for name, spec in SPECS.items():
-        make_synthetic(spec, os.path.join(root, "synthetic"), *SMOKE_SIZES[name])
+    for kind, sizes in SMOKE_SIZES.items():
+        for name, spec in SPECS.items():
+            make_synthetic(spec, os.path.join(root, "synthetic", kind), *sizes[name])
     return str(root)
 
 

@@ -58,7 +58,7 @@ def test_cli_rejects_foreign_weights_with_one_line(tmp_path, smoke_data):
     foreign = tmp_path / "foreign.pth"
     torch.save({"conv.weight": torch.zeros(3, 3)}, foreign)
     result = run_script("ex_3.py", "--weights", str(foreign), "--dataset", "cifar10", "--epochs", "1",
-                        "--data-dir", os.path.join(smoke_data, "synthetic"), "--out", str(tmp_path / "out"),
+                        "--data-dir", os.path.join(smoke_data, "synthetic", "tiny"), "--out", str(tmp_path / "out"),
                         timeout=120)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
@@ -70,6 +70,6 @@ def test_cli_rejects_truncated_weights(tmp_path, smoke_data, imagenet_style_weig
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(imagenet_style_weights.read_bytes()[:1000])
     result = run_script("ex_4.py", "--weights", str(truncated), "--dataset", "cifar10", "--epochs", "1",
-                        "--data-dir", os.path.join(smoke_data, "synthetic"), "--out", str(tmp_path / "out"),
+                        "--data-dir", os.path.join(smoke_data, "synthetic", "tiny"), "--out", str(tmp_path / "out"),
                         timeout=120)
     assert result.returncode == 1 and "cannot load weights" in result.stderr and "Traceback" not in result.stderr

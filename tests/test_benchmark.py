@@ -1,0 +1,20 @@
+"""The benchmark runs end to end and writes its ratios (no timing is asserted here)."""
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_throughput_benchmark_writes_ratios(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--experiments", "ex_1", "--steps", "1",
+                             "--rounds", "1", "--workers", "0", "--out", str(out)], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (row,) = json.load(open(out))["results"]
+    for key in ("floor", "ours", "seed_style", "eval_ours", "eval_floor", "floor_channels_last"):
+        assert row[key] > 0, key
+    assert row["ours_vs_floor"] == row["ours"] / row["floor"]
+    assert row["ours_vs_seed_style"] == row["ours"] / row["seed_style"]
+    assert "| ex_1 | 32 |" in result.stdout
