@@ -65,5 +65,5 @@ class Preprocess:
                               align_corners=False, antialias=False)
         if params is not None:
             x = crop_flip(x, self.padding, params)
-        x = torch.addcmul(self.shift, x, self.scale)
+        torch.addcmul(self.shift, x, self.scale, out=x)  # x is a fresh float tensor here: normalize in place
         return x.contiguous(memory_format=self.memory_format)

@@ -23,7 +23,8 @@ from common.metrics import classification_metrics
 from common.models import WeightsError, build_model, count_parameters
 from common.runlog import RunError
 from common.train import (TrainingError, amp_dtype, build_optimizer, build_scheduler, epoch_seed,
-                          evaluate, predict, select_device, step_scheduler, train_one_epoch)
+                          evaluate, predict, select_device, step_scheduler, train_one_epoch,
+                          use_channels_last)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER_ERRORS = (DataError, WeightsError, RunError, TrainingError)
@@ -100,7 +101,7 @@ def run_dataset(cfg: Config, name: str, run_dir: str | None = None, checkpoint: 
     model = build_model(cfg, spec.num_classes)
     summary = model_summary(model, cfg.image_size)
     print(summary)
-    channels_last = device.type == "cuda"
+    channels_last = use_channels_last(device, cfg.model)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay)
     scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs, cfg.warmup_epochs)
