@@ -98,20 +98,28 @@ def seed_style_steps(model, optimizer, batches, steps, dtype, device):
 def bench_experiment(name: str, args, device) -> dict:
     cfg = importlib.import_module(name).CONFIG
     cfg = dataclasses.replace(cfg, pretrained=False)
-    batch, steps = cfg.batch_size, args.steps
+    batch = cfg.batch_size
     dtype = amp_dtype(device, True)
     channels_last = use_channels_last(device, cfg.model)  # the floor uses the layout training uses
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    torch.manual_seed(0)
+    model = build_model(cfg, 10).to(device, memory_format=memory_format)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay)
+    # Steps per measurement: at least --steps, and at least --seconds of work at the floor's speed,
+    # so that a fast model is not timed over a few milliseconds.
     g = torch.Generator().manual_seed(0)
+    probe = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, generator=g).to(device)
+    x = Preprocess(cfg.image_size, cfg.mean, cfg.std, cfg.crop_padding(), device, channels_last)(probe)
+    y = torch.randint(0, 10, (batch,), generator=g).to(device)
+    floor_steps(model, optimizer, x, y, 1, dtype, device)
+    per_step = _timed(lambda: floor_steps(model, optimizer, x, y, 2, dtype, device), device) / 2
+    steps = max(args.steps, int(args.seconds / per_step) + 1)
     n = batch * steps * 2
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (n,), generator=g)
     images_dev, labels_dev = images.to(device), labels.to(device)
     preprocess = Preprocess(cfg.image_size, cfg.mean, cfg.std, cfg.crop_padding(), device, channels_last)
 
-    torch.manual_seed(0)
-    model = build_model(cfg, 10).to(device, memory_format=memory_format)
-    optimizer = build_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay)
     x = preprocess(images_dev[:batch])
     y = labels_dev[:batch]
 
@@ -128,16 +136,26 @@ def bench_experiment(name: str, args, device) -> dict:
     floor_steps(model, optimizer, x, y, 2, dtype, device)
     seed_style_steps(model, optimizer, seed_batches, 2, dtype, device)
     rates = {"floor": [], "ours": [], "seed_style": []}
-    for _ in range(args.rounds):
-        time.sleep(2)  # let the seed-style workers finish prefetching, so they do not slow the next floor
-        rates["floor"].append(batch * steps / _timed(lambda: floor_steps(model, optimizer, x, y, steps, dtype, device), device))
-        rates["ours"].append(batch * steps / _timed(ours, device))
-        rates["seed_style"].append(batch * steps / _timed(
-            lambda: seed_style_steps(model, optimizer, seed_batches, steps, dtype, device), device))
+    # Ratios are taken per round (neighbours in time) and their median reported: robust to a
+    # machine whose speed drifts.
+    ratios = {"ours_vs_floor": [], "ours_vs_seed_style": [], "eval_vs_floor": []}
+    measure = {
+        "floor": lambda: floor_steps(model, optimizer, x, y, steps, dtype, device),
+        "ours": ours,
+        "seed_style": lambda: seed_style_steps(model, optimizer, seed_batches, steps, dtype, device),
+    }
+    settle = int(0.5 / per_step) + 1  # ~0.5 s of floor steps: the CPU stays busy (no clock drop) while
+    order = list(measure)              # the seed-style workers finish prefetching
+    for round_ in range(args.rounds):
+        for pipeline in order[round_ % 3:] + order[:round_ % 3]:  # rotate: no pipeline always runs first
+            floor_steps(model, optimizer, x, y, settle, dtype, device)
+            rates[pipeline].append(batch * steps / _timed(measure[pipeline], device))
+        ratios["ours_vs_floor"].append(rates["ours"][-1] / rates["floor"][-1])
+        ratios["ours_vs_seed_style"].append(rates["ours"][-1] / rates["seed_style"][-1])
 
     # (d) evaluation: predict() on uint8 data vs the model alone on a preprocessed batch
     eval_batch = min(n, cfg.eval_batch_size if device.type == "cuda" else min(cfg.eval_batch_size, 512))
-    eval_n = min(n, eval_batch * max(1, steps // 2))
+    eval_n = n
     xe = preprocess(images_dev[:eval_batch])
     model.eval()
 
@@ -156,6 +174,7 @@ def bench_experiment(name: str, args, device) -> dict:
     for _ in range(args.rounds):
         eval_rates["eval_floor"].append(counted / _timed(eval_floor, device))
         eval_rates["eval_ours"].append(counted / _timed(eval_ours, device))
+        ratios["eval_vs_floor"].append(eval_rates["eval_ours"][-1] / eval_rates["eval_floor"][-1])
     rates.update(eval_rates)
 
     if device.type == "cpu":
@@ -175,9 +194,7 @@ def bench_experiment(name: str, args, device) -> dict:
                    "steps_per_round": steps, "rounds": args.rounds, "seed_style_workers": args.workers,
                    "eval_batch_size": eval_batch,
                    "layout": "channels_last" if channels_last else "contiguous"})
-    result["ours_vs_floor"] = result["ours"] / result["floor"]
-    result["ours_vs_seed_style"] = result["ours"] / result["seed_style"]
-    result["eval_vs_floor"] = result["eval_ours"] / result["eval_floor"]
+    result.update({k: statistics.median(v) for k, v in ratios.items()})
 
     if args.compile:
         model.train()
@@ -188,17 +205,21 @@ def bench_experiment(name: str, args, device) -> dict:
                         gen, cfg.augment == "crop_flip", dtype, None, desc="compile")
         _sync(device)
         result["compile_time_s"] = time.perf_counter() - start
-        compiled_rates, floor_again = [], []
-        for _ in range(args.rounds):
-            floor_again.append(batch * steps / _timed(
-                lambda: floor_steps(model, optimizer, x, y, steps, dtype, device), device))
+        compiled_rates, floor_again, compiled_ratio = [], [], []
+        def run_compiled():
             gen = torch.Generator().manual_seed(3)
-            compiled_rates.append(batch * steps / _timed(lambda: train_one_epoch(
-                compiled, optimizer, images_dev, labels_dev, subset, preprocess, batch, gen,
-                cfg.augment == "crop_flip", dtype, None, desc="compiled"), device))
+            train_one_epoch(compiled, optimizer, images_dev, labels_dev, subset, preprocess, batch, gen,
+                            cfg.augment == "crop_flip", dtype, None, desc="compiled")
+
+        for round_ in range(args.rounds):
+            pair = [("floor", measure["floor"]), ("compiled", run_compiled)]
+            for pipeline, fn in (pair if round_ % 2 == 0 else pair[::-1]):
+                floor_steps(model, optimizer, x, y, settle, dtype, device)
+                (floor_again if pipeline == "floor" else compiled_rates).append(batch * steps / _timed(fn, device))
+            compiled_ratio.append(compiled_rates[-1] / floor_again[-1])
         result["ours_compiled"] = statistics.median(compiled_rates)
         result["floor_during_compiled"] = statistics.median(floor_again)
-        result["compiled_vs_floor"] = result["ours_compiled"] / result["floor_during_compiled"]
+        result["compiled_vs_floor"] = statistics.median(compiled_ratio)
     return result
 
 
@@ -211,6 +232,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiments", nargs="+", default=None, help="default: ex_1 ex_2 ex_3 ex_4 on a GPU, ex_1 ex_2 on a CPU or with --quick")
     p.add_argument("--steps", type=int, default=None, help="training steps per measurement (default 10, 4 with --quick)")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="minimum seconds of work per measurement (default 3, 1 with --quick)")
     p.add_argument("--rounds", type=int, default=None, help="alternating rounds, median reported (default 3, 2 with --quick)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="DataLoader workers of the seed-style pipeline")
     p.add_argument("--device", default="auto")
@@ -223,7 +246,8 @@ def main(argv=None):
     small = args.quick or device.type == "cpu"
     args.experiments = args.experiments or (["ex_1", "ex_2"] if small else ["ex_1", "ex_2", "ex_3", "ex_4"])
     args.steps = args.steps or (4 if args.quick else 10)
-    args.rounds = args.rounds or (2 if args.quick else 3)
+    args.rounds = args.rounds or (2 if args.quick else 4)
+    args.seconds = args.seconds if args.seconds is not None else (1.0 if args.quick else 3.0)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     env = runlog.environment(device)

@@ -11,29 +11,37 @@ from common.models import TutorialCNN
 
 
 def _reference(images_uint8, params, padding, size, mean, std):
-    """Straightforward per-image torchvision: Resize -> pad + crop -> hflip -> ToTensor-scale -> Normalize."""
+    """The seed's pipeline, one image at a time: PIL Resize(BILINEAR) -> pad + crop -> hflip -> ToTensor -> Normalize."""
+    from PIL import Image
+
     out = []
-    for i, img in enumerate(images_uint8.float()):
-        if size != img.shape[-1]:
-            img = TF.resize(img, [size, size], antialias=False)
+    for i, img in enumerate(images_uint8):
+        pil = Image.fromarray(img.permute(1, 2, 0).numpy())
+        if size != pil.width:
+            pil = pil.resize((size, size), Image.BILINEAR)
+        img = TF.pil_to_tensor(pil)
         if params is not None:
             img = TF.pad(img, [padding] * 4, fill=0)
             img = TF.crop(img, int(params.top[i]), int(params.left[i]), size, size)
             if params.flip[i]:
                 img = TF.hflip(img)
-        out.append(TF.normalize(img / 255.0, mean, std))
+        out.append(TF.normalize(img.float() / 255.0, mean, std))
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("size,padding", [(32, 4), (64, 8)])
+@pytest.mark.parametrize("size,padding", [(32, 4), (64, 8), (128, 16)])
 def test_fast_pipeline_matches_per_image_reference(size, padding):
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=g)
     params = sample_crop_flip(16, padding, g)
     mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
-    fast = Preprocess(size, mean, std, padding, "cpu")(images, params)
     ref = _reference(images, params, padding, size, mean, std)
-    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    for channels_last in (False, True):
+        fast = Preprocess(size, mean, std, padding, "cpu", channels_last)(images, params)
+        torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)  # the same pixels as PIL, not just close
+        # and without augmentation (the evaluation path)
+        torch.testing.assert_close(Preprocess(size, mean, std, padding, "cpu", channels_last)(images),
+                                   _reference(images, None, padding, size, mean, std), atol=1e-5, rtol=1e-5)
 
 
 def test_same_loss_on_same_batch_and_augmentation():

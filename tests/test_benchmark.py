@@ -9,7 +9,7 @@ from tests.conftest import REPO
 def test_throughput_benchmark_writes_ratios(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--experiments", "ex_1", "--steps", "1",
-                             "--rounds", "1", "--workers", "0", "--out", str(out)], cwd=REPO, capture_output=True,
+                             "--rounds", "1", "--seconds", "0", "--workers", "0", "--out", str(out)], cwd=REPO, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     (row,) = json.load(open(out))["results"]
