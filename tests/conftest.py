@@ -1,4 +1,5 @@
 import os
+import socket
 import subprocess
 import sys
 
@@ -13,6 +14,13 @@ def run_script(script: str, *args: str, timeout: float = 300, env: dict | None =
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run([sys.executable, os.path.join(REPO, script), *args], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout, env=full_env)
+
+
+def closed_port() -> int:
+    """A localhost port with nothing listening: downloads aimed at it fail at once, offline."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when the socket is
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,12 @@
 import os
 import pickle
-import socket
 
 import numpy as np
 import pytest
 import torch
 
 from common.data import SPECS, DataError, load_cifar, make_synthetic, safe_unpickle, stratified_split
-from tests.conftest import run_script
+from tests.conftest import closed_port, run_script
 
 
 def test_split_is_disjoint_stratified_and_seeded():
@@ -69,14 +68,10 @@ def test_crafted_pickle_is_refused(tmp_path):
     assert not os.path.exists("/tmp/cifar_exploit_marker")
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again when the socket is
 
 
 def test_offline_download_fails_with_one_clear_line(tmp_path):
-    mirror = f"http://127.0.0.1:{_closed_port()}/"
+    mirror = f"http://127.0.0.1:{closed_port()}/"
     result = run_script("ex_1.py", "--dataset", "cifar10", "--epochs", "1", "--data-dir", str(tmp_path / "d"),
                         "--out", str(tmp_path / "o"), env={"CIFAR_MIRROR": mirror}, timeout=120)
     assert result.returncode == 1

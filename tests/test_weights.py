@@ -1,24 +1,19 @@
 """Pretrained weights: offline message, a local --weights file, and a foreign one refused."""
 import os
-import socket
 import time
 
 import pytest
 import torch
 
 from common.models import WeightsError, efficientnet_v2_s
-from tests.conftest import run_script
+from tests.conftest import closed_port, run_script
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_offline_weights_stop_fast_and_name_both_ways_out(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache
-    url = f"http://127.0.0.1:{_closed_port()}/efficientnet_v2_s-test.pth"
+    url = f"http://127.0.0.1:{closed_port()}/efficientnet_v2_s-test.pth"
     start = time.perf_counter()
     with pytest.raises(WeightsError) as info:
         efficientnet_v2_s(10, pretrained=True, url=url)
