@@ -137,7 +137,7 @@ def plot_val_accuracy(runs: list, path: str) -> None:
         for (experiment, epochs), curves in sorted(groups.items()):
             curves = np.array([c[:epochs] for c in curves])
             x = np.arange(1, curves.shape[1] + 1)
-            ax.plot(x, curves.mean(0), marker=".", label=f"{experiment} ({len(curves)} run{'s' * (len(curves) > 1)})")
+            ax.plot(x, curves.mean(0), marker=".", label=f"{experiment}, {epochs} epochs ({len(curves)} run{'s' * (len(curves) > 1)})")
             if len(curves) > 1:
                 ax.fill_between(x, curves.min(0), curves.max(0), alpha=0.2)
         ax.set_title(f"{dataset}: validation accuracy")
