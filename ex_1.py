@@ -14,7 +14,8 @@ Run:
     python ex_1.py --smoke               # offline check on tiny synthetic data, < 1 min on a CPU
 
 Expected: the seed report got 72.24% / 34.65% test accuracy (CIFAR-10 / CIFAR-100) with
-best epochs 13 and 6: it overfits early. Measured here: see README's results table.
+best epochs 13 and 6: it overfits early. Measured here on the JPEG copy of CIFAR-10 (CPU,
+15 epochs, seeds 0/1/2): test accuracy 0.7004 +- 0.0137, best epochs 11-15.
 """
 from common.config import Config
 from common.experiment import main

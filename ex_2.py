@@ -22,7 +22,7 @@ Run:
     python ex_2.py --smoke
 
 Expected: the seed got 79.12% / 48.84% (CIFAR-10 / CIFAR-100) after 100 epochs on an RTX
-3050. Measured here: see README's results table.
+3050. Measured here on the JPEG copy of CIFAR-10 (CPU, 3 epochs only, ~7 min each): 0.5837.
 """
 from common.config import Config
 from common.experiment import main
