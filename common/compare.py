@@ -35,8 +35,9 @@ def read_run(run_dir: str) -> dict:
     config, train, test = load("config.json"), load("train.json"), load("test.json")
     status = (train or {}).get("status", "no train.json")
     complete = config is not None and status == "completed" and test is not None
-    return {"dir": run_dir, "config": config, "train": train, "test": test, "status": status if test or
-            status != "completed" else "no test.json", "complete": complete}
+    if status == "completed" and test is None:
+        status = "no test.json"  # killed while testing
+    return {"dir": run_dir, "config": config, "train": train, "test": test, "status": status, "complete": complete}
 
 
 def collect(experiment_dirs: list) -> list:

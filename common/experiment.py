@@ -239,11 +239,11 @@ def test_best_checkpoint(cfg, run_dir, model, data: CifarData, preprocess, devic
     metrics = classification_metrics(logits, data.test_y, data.classes)
     result = {"experiment": cfg.experiment, "checkpoint": "best.pth", "checkpoint_epoch": best["epoch"],
               "test_time_s": seconds, "images_per_s": len(data.test_y) / seconds, **metrics}
+    probs = torch.softmax(logits, 1)
     if cfg.tta:
         # Mean of the softmax over each image and its mirror image; reported beside the plain metrics.
         flipped = predict(model, test_images, None, preprocess, cfg.eval_batch_size, dtype, flip=True, desc="tta")
-        probs = (torch.softmax(logits, 1) + torch.softmax(flipped, 1)) / 2
-        tta = classification_metrics(probs.log(), data.test_y, data.classes)
+        tta = classification_metrics(((probs + torch.softmax(flipped, 1)) / 2).log(), data.test_y, data.classes)
         result["tta"] = {"method": "mean softmax of identity and horizontal flip",
                          **{k: tta[k] for k in ("accuracy", "loss", "top5_accuracy", "precision", "recall", "f1",
                                                 "auc", "ece")}}
@@ -251,7 +251,7 @@ def test_best_checkpoint(cfg, run_dir, model, data: CifarData, preprocess, devic
         return result
     runlog.write_json(os.path.join(run_dir, "test.json"), result)
 
-    probs = torch.softmax(logits, 1).numpy()
+    probs = probs.numpy()
     labels = data.test_y.numpy()
     fig = plots.confusion_figure(metrics["confusion_matrix"], data.classes,
                                  f"{tag}: test confusion (acc {metrics['accuracy']:.4f})")

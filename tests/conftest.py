@@ -23,6 +23,17 @@ def closed_port() -> int:
         return s.getsockname()[1]  # closed again when the socket is
 
 
+def snapshot_files(root) -> dict:
+    """{path: bytes} of every file under root: compare two snapshots to prove nothing changed."""
+    files = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                files[path] = f.read()
+    return files
+
+
 @pytest.fixture(scope="session")
 def smoke_data(tmp_path_factory):
     """A --data-dir whose synthetic/{small,tiny}/ folders hold the --smoke datasets in the official layouts."""

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from tests.conftest import run_script
+from tests.conftest import run_script, snapshot_files
 
 
 @pytest.mark.parametrize("args,message", [
@@ -45,22 +45,13 @@ def test_unwritable_output_folder_fails_before_training(tmp_path, smoke_data):
     assert "epoch" not in result.stdout
 
 
-def _snapshot(root):
-    files = {}
-    for folder, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(folder, name)
-            files[path] = open(path, "rb").read()
-    return files
-
-
 @pytest.mark.parametrize("args", [["--epochs", "-1"], ["--batch-size", "0"], ["--lr", "abc"], ["--dataset", "svhn"]])
 def test_bad_flags_leave_earlier_runs_untouched(ex1_smoke_runs, args):
     out, _ = ex1_smoke_runs
-    before = _snapshot(out)
+    before = snapshot_files(out)
     result = run_script("ex_1.py", *args, "--out", str(out), timeout=60)
     assert result.returncode == 2
-    assert _snapshot(out) == before
+    assert snapshot_files(out) == before
 
 
 def test_corrupt_data_file_is_one_line_and_leaves_earlier_runs_untouched(ex1_smoke_runs, smoke_data, tmp_path):
@@ -71,13 +62,13 @@ def test_corrupt_data_file_is_one_line_and_leaves_earlier_runs_untouched(ex1_smo
     shutil.copytree(os.path.join(smoke_data, "synthetic", "tiny"), data)
     batch = data / "cifar-10-batches-py" / "data_batch_1"
     batch.write_bytes(batch.read_bytes()[:500])
-    before = _snapshot(out)
+    before = snapshot_files(out)
     result = run_script("ex_1.py", "--dataset", "cifar10", "--epochs", "1", "--data-dir", str(data),
                         "--out", str(out), timeout=120)
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: cannot read") and "data_batch_1" in errors[0]
-    assert _snapshot(out) == before
+    assert snapshot_files(out) == before
 
 
 def test_concurrent_runs_get_their_own_folders(tmp_path):

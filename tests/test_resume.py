@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, run_script
+from tests.conftest import REPO, run_script, snapshot_files
 
 ARGS = ["--smoke", "--dataset", "cifar10", "--epochs", "3", "--batch-size", "16", "--save-every", "0"]
 TIMING_KEYS = {"epoch_time_s", "train_time_s", "images_per_s", "test_time_s"}
@@ -104,14 +104,11 @@ def test_bad_resume_targets_are_refused(ex1_smoke_runs, tmp_path, damage):
         import torch
         torch.save({"weights": torch.zeros(3)}, os.path.join(run_dir, "last.pth"))
         message = "not a checkpoint written by this repo"
-    snapshot = {f: open(os.path.join(run_dir, f), "rb").read() for f in os.listdir(run_dir)
-                if os.path.isfile(os.path.join(run_dir, f))}
+    before = snapshot_files(run_dir)
     result = run_script(script, "--resume", run_dir, timeout=60)
     assert result.returncode == 1, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
-    after = {f: open(os.path.join(run_dir, f), "rb").read() for f in os.listdir(run_dir)
-             if os.path.isfile(os.path.join(run_dir, f))}
-    assert after == snapshot  # nothing in the folder changed
+    assert snapshot_files(run_dir) == before  # nothing in the folder changed
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(smoke_data, tmp_path):
