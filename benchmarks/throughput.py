@@ -18,23 +18,27 @@ import argparse
 import dataclasses
 import datetime
 import importlib
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
 
 from common import runlog  # noqa: E402
-from common.augment import Preprocess  # noqa: E402
+from common.augment import Preprocess, crop_flip, resize_like_pil, sample_crop_flip  # noqa: E402
 from common.models import build_model  # noqa: E402
-from common.train import (amp_dtype, autocast, build_optimizer, predict, select_device, train_one_epoch,  # noqa: E402
-                          use_channels_last)
+from common.train import (amp_dtype, autocast, build_optimizer, predict, request_huge_pages,  # noqa: E402
+                          select_device, train_one_epoch, use_channels_last)
 
 
 def _sync(device):
@@ -123,8 +127,9 @@ def bench_experiment(name: str, args, device) -> dict:
     x = preprocess(images_dev[:batch])
     y = labels_dev[:batch]
 
-    loader = seed_style_loader(images.numpy(), labels.numpy(), cfg, batch, args.workers)
-    seed_batches = iter(_forever(loader))
+    if not args.floors_only:
+        loader = seed_style_loader(images.numpy(), labels.numpy(), cfg, batch, args.workers)
+        seed_batches = iter(_forever(loader))
     subset = torch.arange(batch * steps)
 
     def ours():
@@ -134,6 +139,14 @@ def bench_experiment(name: str, args, device) -> dict:
 
     # warm-up: allocator, cuDNN autotuning, worker start-up
     floor_steps(model, optimizer, x, y, 2, dtype, device)
+    eval_floor, eval_batch, counted = eval_floor_fn(model, preprocess, images_dev, cfg, device, dtype)
+    if args.floors_only:  # the two floors alone, for a run in other settings (see small_pages_floors)
+        train_floor = [batch * steps / _timed(lambda: floor_steps(model, optimizer, x, y, steps, dtype, device), device)
+                       for _ in range(args.rounds)]
+        model.eval()
+        eval_floor()
+        return {"experiment": name, "floor": statistics.median(train_floor),
+                "eval_floor": statistics.median([counted / _timed(eval_floor, device) for _ in range(args.rounds)])}
     seed_style_steps(model, optimizer, seed_batches, 2, dtype, device)
     rates = {"floor": [], "ours": [], "seed_style": []}
     # Ratios are taken per round (neighbours in time) and their median reported: robust to a
@@ -154,23 +167,13 @@ def bench_experiment(name: str, args, device) -> dict:
         ratios["ours_vs_seed_style"].append(rates["ours"][-1] / rates["seed_style"][-1])
 
     # (d) evaluation: predict() on uint8 data vs the model alone on a preprocessed batch
-    eval_batch = min(n, cfg.eval_batch_size if device.type == "cuda" else min(cfg.eval_batch_size, 512))
-    eval_n = n
-    xe = preprocess(images_dev[:eval_batch])
     model.eval()
 
-    def eval_floor():
-        with torch.inference_mode():
-            for _ in range(eval_n // eval_batch):
-                with autocast(device, dtype):
-                    model(xe)
-
     def eval_ours():
-        predict(model, images_dev[: (eval_n // eval_batch) * eval_batch], None, preprocess, eval_batch, dtype)
+        predict(model, images_dev[:counted], None, preprocess, eval_batch, dtype)
 
     eval_floor()
     eval_rates = {"eval_floor": [], "eval_ours": []}
-    counted = (eval_n // eval_batch) * eval_batch
     for _ in range(args.rounds):
         eval_rates["eval_floor"].append(counted / _timed(eval_floor, device))
         eval_rates["eval_ours"].append(counted / _timed(eval_ours, device))
@@ -188,6 +191,9 @@ def bench_experiment(name: str, args, device) -> dict:
             lambda: floor_steps(model, optimizer, x_other, y, steps, dtype, device), device)
             for _ in range(args.rounds)]
         model.to(memory_format=memory_format)
+
+    if cfg.augment == "crop_flip":
+        rates.update(bench_crop_flip(cfg, images_dev[:batch], args.rounds, device))
 
     result = {k: statistics.median(v) for k, v in rates.items()}
     result.update({"experiment": name, "model": cfg.model, "image_size": cfg.image_size, "batch_size": batch,
@@ -223,6 +229,62 @@ def bench_experiment(name: str, args, device) -> dict:
     return result
 
 
+def eval_floor_fn(model, preprocess, images_dev, cfg, device, dtype):
+    """The inference-only floor: the model alone on one preprocessed batch, as many batches as
+    the evaluation of `images_dev` takes."""
+    eval_batch = min(len(images_dev), cfg.eval_batch_size if device.type == "cuda" else min(cfg.eval_batch_size, 512))
+    batches = len(images_dev) // eval_batch
+    xe = preprocess(images_dev[:eval_batch])
+
+    def eval_floor():
+        with torch.inference_mode():
+            for _ in range(batches):
+                with autocast(device, dtype):
+                    model(xe)
+    return eval_floor, eval_batch, batches * eval_batch
+
+
+def small_pages_floors(args) -> dict:
+    """The CPU floors again in a child process with THP_MEM_ALLOC_ENABLE=0 (torch reads it once,
+    at its first CPU allocation): what common.train.request_huge_pages buys."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "floors.json")
+        command = [sys.executable, "-m", "benchmarks.throughput", "--floors-only", "--device", "cpu",
+                   "--experiments", *args.experiments, "--steps", str(args.steps), "--seconds", str(args.seconds),
+                   "--rounds", str(args.rounds), "--out", out]
+        subprocess.run(command, check=True, cwd=REPO_ROOT, env={**os.environ, "THP_MEM_ALLOC_ENABLE": "0"},
+                       stdout=subprocess.DEVNULL)
+        with open(out) as f:
+            return {r["experiment"]: r for r in json.load(f)["results"]}
+
+
+def bench_crop_flip(cfg, images, rounds, device) -> dict:
+    """Random crop + flip alone, per image, at the training size: our uint8 gather against
+    kornia.augmentation (float only), the well-kept library that does the same per image."""
+    padding, g = cfg.crop_padding(), torch.Generator().manual_seed(4)
+    resized = images if images.shape[-1] == cfg.image_size else resize_like_pil(images, cfg.image_size)
+    size = resized.shape[0]
+    ours = lambda: crop_flip(resized, padding, sample_crop_flip(size, padding, g))  # noqa: E731
+    fns = {"crop_flip_ours": ours}
+    try:
+        import kornia.augmentation as K
+    except ImportError:
+        print("kornia is not installed: its crop/flip is not measured (pip install kornia)")
+    else:
+        floats = resized.float()
+        kornia_aug = torch.nn.Sequential(K.RandomCrop((cfg.image_size, cfg.image_size), padding=padding, p=1.0),
+                                         K.RandomHorizontalFlip(p=0.5))
+        fns["crop_flip_kornia"] = lambda: kornia_aug(floats)
+    reps = 20
+    out = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()  # warm-up
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            out[name].append(size * reps / _timed(lambda: [fn() for _ in range(reps)], device))
+    return out
+
+
 def _forever(loader):
     while True:
         yield from loader
@@ -239,8 +301,10 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true", help="also measure our step with torch.compile")
     p.add_argument("--quick", action="store_true", help="about a minute on a 2-core CPU")
+    p.add_argument("--floors-only", action="store_true", help=argparse.SUPPRESS)  # see small_pages_floors
     p.add_argument("--out", default=None, help="JSON file (default: benchmarks/results/throughput-<device>-<time>.json)")
     args = p.parse_args(argv)
+    request_huge_pages()  # as common.experiment.main does, before the first CPU tensor
     device = select_device(args.device)
     # EfficientNetV2-S trains at a few images/s on a laptop CPU: on CPU the default is EX-1 and EX-2.
     small = args.quick or device.type == "cpu"
@@ -258,10 +322,16 @@ def main(argv=None):
     for name in args.experiments:
         r = bench_experiment(name, args, device)
         results.append(r)
+        if args.floors_only:
+            continue
         print(f"{name}: floor {r['floor']:.0f} img/s, ours {r['ours']:.0f}, seed-style {r['seed_style']:.0f}, "
               f"eval {r['eval_ours']:.0f} vs {r['eval_floor']:.0f}", flush=True)
+    if device.type == "cpu" and not args.floors_only:
+        print("floors again with 4 KiB pages (THP_MEM_ALLOC_ENABLE=0), in a child process", flush=True)
+        for r, floors in zip(results, small_pages_floors(args).values()):
+            r["floor_small_pages"], r["eval_floor_small_pages"] = floors["floor"], floors["eval_floor"]
     print()
-    print(markdown_table(results))
+    print(markdown_table(results) if not args.floors_only else "floors only")
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                    f"throughput-{device.type}-{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -281,6 +351,17 @@ def markdown_table(results: list) -> str:
         lines += ["", "CPU layout check, floor img/s in the layout used vs the other one: " + ", ".join(
             f"{r['experiment']} {r['layout']} {r['floor']:.0f} vs {r['floor_other_layout']:.0f}"
             for r in results if "floor_other_layout" in r)]
+    if any("floor_small_pages" in r for r in results):
+        lines += ["", "CPU page-size check, img/s with huge pages (as trained) vs 4 KiB pages: " + ", ".join(
+            f"{r['experiment']} floor {r['floor']:.0f} vs {r['floor_small_pages']:.0f}, "
+            f"eval floor {r['eval_floor']:.0f} vs {r['eval_floor_small_pages']:.0f}"
+            for r in results if "floor_small_pages" in r)]
+    augmented = [r for r in results if "crop_flip_ours" in r]
+    if augmented:
+        lines += ["", "Random crop + flip alone, img/s: " + ", ".join(
+            f"{r['experiment']} ({r['image_size']} px) ours {r['crop_flip_ours']:.0f}"
+            + (f" vs kornia {r['crop_flip_kornia']:.0f} ({r['crop_flip_ours'] / r['crop_flip_kornia']:.1f}x)"
+               if "crop_flip_kornia" in r else " (kornia not installed)") for r in augmented)]
     compiled = [r for r in results if "ours_compiled" in r]
     if compiled:
         lines += ["", "| experiment | compile time s | compiled ours img/s | eager floor img/s | compiled/floor |",

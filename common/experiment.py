@@ -23,7 +23,7 @@ from common.metrics import classification_metrics
 from common.models import WeightsError, build_model, count_parameters
 from common.runlog import RunError
 from common.train import (TrainingError, amp_dtype, build_optimizer, build_scheduler, epoch_seed,
-                          evaluate, predict, select_device, step_scheduler, train_one_epoch,
+                          evaluate, predict, request_huge_pages, select_device, step_scheduler, train_one_epoch,
                           use_channels_last)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,6 +42,7 @@ def smoke_kind(model: str) -> str:
 def main(config: Config, description: str, argv: list[str] | None = None) -> list[str]:
     """Parse the command line, run each dataset, return the run folders. User errors exit 1."""
     cfg = parse_args(config, description, argv)
+    request_huge_pages()  # before the data is loaded
     distributed.setup()
     if not distributed.is_main():
         sys.stdout = open(os.devnull, "w")  # one process speaks; errors still reach stderr

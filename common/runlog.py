@@ -108,10 +108,21 @@ def environment(device: torch.device) -> dict:
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
     }
+    if sys.platform.startswith("linux"):  # CPU tensors on huge pages (common.train.request_huge_pages)
+        env["thp_mem_alloc_enable"] = os.environ.get("THP_MEM_ALLOC_ENABLE", "0")
+        env["kernel_transparent_hugepage"] = _read_first_line("/sys/kernel/mm/transparent_hugepage/enabled")
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda
     return env
+
+
+def _read_first_line(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.readline().strip()
+    except OSError:
+        return None
 
 
 def command_line() -> str:

@@ -1,6 +1,7 @@
 """`python ex_1.py --smoke`: complete run folders for both datasets, JSON as documented."""
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -40,6 +41,8 @@ def test_config_json_describes_the_run(ex1_smoke_runs):
     assert set(cfg["git"]) == {"commit", "dirty"}
     assert cfg["environment"]["torch"] == torch.__version__ and cfg["environment"]["device"] == "cpu"
     assert {"python", "torchvision"} <= set(cfg["environment"])
+    if sys.platform.startswith("linux"):  # CPU tensors on huge pages unless the user said otherwise
+        assert cfg["environment"]["thp_mem_alloc_enable"] == os.environ.get("THP_MEM_ALLOC_ENABLE", "1")
     assert cfg["seed"] == 0 and cfg["start_time"]
     assert cfg["parameters"] == 50_326
     assert cfg["split"]["train"] + cfg["split"]["val"] == 600
