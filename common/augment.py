@@ -20,6 +20,12 @@ class CropFlipParams:
     left: torch.Tensor    # (B,) int64
     flip: torch.Tensor    # (B,) bool
 
+    def to(self, device) -> "CropFlipParams":
+        return CropFlipParams(self.top.to(device), self.left.to(device), self.flip.to(device))
+
+    def __getitem__(self, window: slice) -> "CropFlipParams":
+        return CropFlipParams(self.top[window], self.left[window], self.flip[window])
+
 
 def sample_crop_flip(batch: int, padding: int, generator: torch.Generator) -> CropFlipParams:
     top = torch.randint(0, 2 * padding + 1, (batch,), generator=generator)

@@ -175,17 +175,20 @@ def train_one_epoch(model: nn.Module, optimizer, images: torch.Tensor, labels: t
         generator = torch.Generator().manual_seed(
             int(torch.randint(0, 2**62, (1,), generator=generator)) + distributed.rank())
     steps = math.ceil(len(order) / batch_size)
+    # The whole epoch's crops and flips in one draw and one copy to the device: a copy per step
+    # from pageable memory would make the CPU wait for the GPU's queue to drain every step.
+    epoch_params = sample_crop_flip(len(order), preprocess.padding, generator).to(device) if augment else None
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     start = time.perf_counter()
     with _progress(steps, desc) as bar:
         for step in range(steps):
-            idx = order[step * batch_size:(step + 1) * batch_size]
+            window = slice(step * batch_size, (step + 1) * batch_size)
+            idx = order[window]
             if len(idx) < 2:  # BatchNorm cannot train on a single image; at most one is dropped
                 continue
-            params = sample_crop_flip(len(idx), preprocess.padding, generator) if augment else None
-            x = preprocess(images[idx], params)
+            x = preprocess(images[idx], epoch_params[window] if augment else None)
             y = labels[idx]
             with autocast(device, dtype):
                 logits = model(x)
