@@ -60,6 +60,19 @@ def _data_label(config: dict) -> str:
     return "sha " + config["data"]["test_file_sha256"][:8] if "data" in config else "unrecorded"
 
 
+def _device_label(config: dict) -> str:
+    """The GPU's name, or 'CPU': train times (and last digits) from different hardware never mix."""
+    env = config.get("environment", {})
+    return env.get("gpu") or ("CPU" if env.get("device", "cpu") == "cpu" else env.get("device", "unrecorded"))
+
+
+def _experiment_label(run: dict) -> str:
+    """EfficientNet runs without the ImageNet weights are a different experiment from the recipe."""
+    cfg = run["config"]["config"]
+    scratch = cfg.get("model", "").startswith("efficientnet") and cfg.get("pretrained") is False
+    return run["experiment"] + (" from scratch" if scratch else "")
+
+
 def _mean_std(values: list, digits: int = 4) -> str:
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
@@ -67,17 +80,18 @@ def _mean_std(values: list, digits: int = 4) -> str:
 
 
 def summarize(runs: list) -> dict:
-    """{dataset: [row dict]} for complete runs, grouped by (experiment, epochs, data)."""
+    """{dataset: [row dict]} for complete runs, grouped by (experiment, epochs, data, device)."""
     groups = defaultdict(list)
     for run in runs:
         if run["complete"]:
-            key = (run["dataset"], run["experiment"], run["config"]["config"]["epochs"], _data_label(run["config"]))
+            key = (run["dataset"], _experiment_label(run), run["config"]["config"]["epochs"], _data_label(run["config"]),
+                   _device_label(run["config"]))
             groups[key].append(run)
     table = defaultdict(list)
-    for (dataset, experiment, epochs, data), members in sorted(groups.items()):
+    for (dataset, experiment, epochs, data, device), members in sorted(groups.items()):
         acc = [r["test"]["accuracy"] for r in members]
         table[dataset].append({
-            "experiment": experiment, "epochs": epochs, "data": data, "runs": len(members),
+            "experiment": experiment, "epochs": epochs, "data": data, "device": device, "runs": len(members),
             "seeds": sorted(r["config"]["seed"] for r in members),
             "accuracy_mean": statistics.mean(acc), "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
             "accuracy": _mean_std(acc),
@@ -98,11 +112,11 @@ def markdown(runs: list) -> str:
         if dataset not in table:
             continue
         out += [f"**{dataset}**", "",
-                "| experiment | epochs | data | runs | test accuracy | macro F1 | AUC | best epoch | train time s "
-                "| test time s | parameters |",
-                "|---|---|---|---|---|---|---|---|---|---|---|"]
+                "| experiment | epochs | data | device | runs | test accuracy | macro F1 | AUC | best epoch "
+                "| train time s | test time s | parameters |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in table[dataset]:
-            out.append(f"| {r['experiment']} | {r['epochs']} | {r['data']} | {r['runs']} | {r['accuracy']} | {r['f1']} "
+            out.append(f"| {r['experiment']} | {r['epochs']} | {r['data']} | {r['device']} | {r['runs']} | {r['accuracy']} | {r['f1']} "
                        f"| {r['auc']} | {r['best_epoch']} | {r['train_time_s']} | {r['test_time_s']} "
                        f"| {r['parameters']:,} |")
         out.append("")
@@ -133,12 +147,13 @@ def plot_val_accuracy(runs: list, path: str) -> None:
         groups = defaultdict(list)
         for r in runs:
             if r["complete"] and r["dataset"] == dataset:
-                groups[(r["experiment"], r["config"]["config"]["epochs"])].append(
+                groups[(_experiment_label(r), r["config"]["config"]["epochs"], _device_label(r["config"]))].append(
                     [e["val_accuracy"] for e in r["train"]["epochs"]])
-        for (experiment, epochs), curves in sorted(groups.items()):
+        for (experiment, epochs, device), curves in sorted(groups.items()):
             curves = np.array([c[:epochs] for c in curves])
             x = np.arange(1, curves.shape[1] + 1)
-            ax.plot(x, curves.mean(0), marker=".", label=f"{experiment}, {epochs} epochs ({len(curves)} run{'s' * (len(curves) > 1)})")
+            runs_label = f"{len(curves)} run{'s' * (len(curves) > 1)}"
+            ax.plot(x, curves.mean(0), marker=".", label=f"{experiment}, {epochs} epochs, {device} ({runs_label})")
             if len(curves) > 1:
                 ax.fill_between(x, curves.min(0), curves.max(0), alpha=0.2)
         ax.set_title(f"{dataset}: validation accuracy")

@@ -180,7 +180,7 @@ def train_one_epoch(model: nn.Module, optimizer, images: torch.Tensor, labels: t
     epoch_params = sample_crop_flip(len(order), preprocess.padding, generator).to(device) if augment else None
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
+    seen, x = 0, None
     start = time.perf_counter()
     with _progress(steps, desc) as bar:
         for step in range(steps):
@@ -188,7 +188,8 @@ def train_one_epoch(model: nn.Module, optimizer, images: torch.Tensor, labels: t
             idx = order[window]
             if len(idx) < 2:  # BatchNorm cannot train on a single image; at most one is dropped
                 continue
-            x = preprocess(images[idx], epoch_params[window] if augment else None)
+            # written over the previous batch, whose backward pass is done (autograd would object otherwise)
+            x = preprocess(images[idx], epoch_params[window] if augment else None, out=x)
             y = labels[idx]
             with autocast(device, dtype):
                 logits = model(x)
@@ -234,16 +235,14 @@ def predict(model: nn.Module, images: torch.Tensor, indices: torch.Tensor | None
         source = None
         indices = torch.tensor_split(indices, distributed.world_size())[distributed.rank()].to(device)
         count = len(indices)
-    out = []
+    out, x = [], None
     steps = math.ceil(count / batch_size)
     with _progress(steps, desc) as bar:
         for step in range(steps):
             window = slice(step * batch_size, (step + 1) * batch_size)
-            x = preprocess(source[window] if source is not None else images[indices[window]])
-            if flip:
-                x = x.flip(3)
+            x = preprocess(source[window] if source is not None else images[indices[window]], out=x)
             with autocast(device, dtype):
-                out.append(model(x).float())
+                out.append(model(x.flip(3) if flip else x).float())
             bar.update()
     return distributed.gather_concat(torch.cat(out).cpu())
 

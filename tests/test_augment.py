@@ -44,6 +44,20 @@ def test_fast_pipeline_matches_per_image_reference(size, padding):
                                    _reference(images, None, padding, size, mean, std), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_an_output_buffer_is_written_over_only_when_it_fits(channels_last):
+    g = torch.Generator().manual_seed(3)
+    first, second = (torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=g) for _ in range(2))
+    preprocess = Preprocess(64, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3), 8, "cpu", channels_last)
+    expected = preprocess(second)
+    buffer = preprocess(first)
+    reused = preprocess(second, out=buffer)
+    assert reused.data_ptr() == buffer.data_ptr() and torch.equal(reused, expected)  # bit for bit
+    assert reused.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    smaller = preprocess(second[:5], out=buffer)  # the last, smaller batch gets its own tensor
+    assert smaller.data_ptr() != buffer.data_ptr() and torch.equal(smaller, expected[:5])
+
+
 def test_same_loss_on_same_batch_and_augmentation():
     torch.manual_seed(0)
     model = TutorialCNN(10).eval().requires_grad_(False)

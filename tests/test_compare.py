@@ -1,6 +1,7 @@
 """Experiment management: seeds + compare, TensorBoard, TTA."""
 import json
 import os
+import shutil
 import statistics
 
 import pytest
@@ -49,7 +50,7 @@ def test_compare_table_matches_the_run_folders(seeded_runs, tmp_path):
         assert row["accuracy_std"] == pytest.approx(statistics.stdev(accs))
         assert row["accuracy"] == f"{statistics.mean(accs):.4f} ± {statistics.stdev(accs):.4f}"
     text = compare.markdown(runs)
-    assert "| ex_1 | 2 | synthetic | 3 |" in text and "| ex_2 | 1 | synthetic | 3 |" in text
+    assert "| ex_1 | 2 | synthetic | CPU | 3 |" in text and "| ex_2 | 1 | synthetic | CPU | 3 |" in text
     assert "2000-01-01_00-00-00: interrupted" in text
 
     figure = tmp_path / "val.png"
@@ -59,7 +60,24 @@ def test_compare_table_matches_the_run_folders(seeded_runs, tmp_path):
                   "--readme", str(readme)])
     assert figure.read_bytes()[:4] == b"\x89PNG"
     new = readme.read_text()
-    assert "old" not in new and "| ex_1 | 2 | synthetic | 3 |" in new and new.endswith("after\n")
+    assert "old" not in new and "| ex_1 | 2 | synthetic | CPU | 3 |" in new and new.endswith("after\n")
+
+
+def test_runs_on_other_hardware_or_without_pretrained_weights_are_rows_of_their_own(seeded_runs, tmp_path):
+    first = sorted(p for p in (seeded_runs / "ex_1" / "cifar_10").iterdir() if (p / "test.json").exists())[0]
+    for name, change in (("gpu", {"environment": {"device": "cuda", "gpu": "NVIDIA H100 80GB HBM3"}}),
+                         ("scratch", {"config_fields": {"model": "efficientnet_v2_s", "pretrained": False}})):
+        copy = tmp_path / name / "ex_1" / "cifar_10" / first.name
+        shutil.copytree(first, copy)
+        config = json.load(open(copy / "config.json"))
+        config["environment"].update(change.get("environment", {}))
+        config["config"].update(change.get("config_fields", {}))
+        (copy / "config.json").write_text(json.dumps(config))
+    text = compare.markdown(compare.collect([str(seeded_runs / "ex_1"), str(tmp_path / "gpu" / "ex_1"),
+                                             str(tmp_path / "scratch" / "ex_1")]))
+    assert "| ex_1 | 2 | synthetic | CPU | 3 |" in text
+    assert "| ex_1 | 2 | synthetic | NVIDIA H100 80GB HBM3 | 1 |" in text
+    assert "| ex_1 from scratch | 2 | synthetic | CPU | 1 |" in text
 
 
 @pytest.fixture(scope="module")
