@@ -174,9 +174,10 @@ def bench_experiment(name: str, args, device) -> dict:
 
     eval_floor()
     eval_rates = {"eval_floor": [], "eval_ours": []}
-    for _ in range(args.rounds):
-        eval_rates["eval_floor"].append(counted / _timed(eval_floor, device))
-        eval_rates["eval_ours"].append(counted / _timed(eval_ours, device))
+    for round_ in range(args.rounds):
+        pair = [("eval_floor", eval_floor), ("eval_ours", eval_ours)]
+        for key, fn in (pair if round_ % 2 == 0 else pair[::-1]):  # alternate: neither always runs first
+            eval_rates[key].append(counted / _timed(fn, device))
         ratios["eval_vs_floor"].append(eval_rates["eval_ours"][-1] / eval_rates["eval_floor"][-1])
     rates.update(eval_rates)
 
@@ -201,6 +202,7 @@ def bench_experiment(name: str, args, device) -> dict:
                    "eval_batch_size": eval_batch,
                    "layout": "channels_last" if channels_last else "contiguous"})
     result.update({k: statistics.median(v) for k, v in ratios.items()})
+    result["per_round"] = {k: [round(r, 3) for r in v] for k, v in ratios.items()}  # the spread behind each median
 
     if args.compile:
         model.train()
@@ -226,6 +228,7 @@ def bench_experiment(name: str, args, device) -> dict:
         result["ours_compiled"] = statistics.median(compiled_rates)
         result["floor_during_compiled"] = statistics.median(floor_again)
         result["compiled_vs_floor"] = statistics.median(compiled_ratio)
+        result["per_round"]["compiled_vs_floor"] = [round(r, 3) for r in compiled_ratio]
     return result
 
 
@@ -295,8 +298,8 @@ def main(argv=None):
     p.add_argument("--experiments", nargs="+", default=None, help="default: ex_1 ex_2 ex_3 ex_4 on a GPU, ex_1 ex_2 on a CPU or with --quick")
     p.add_argument("--steps", type=int, default=None, help="training steps per measurement (default 10, 4 with --quick)")
     p.add_argument("--seconds", type=float, default=None,
-                   help="minimum seconds of work per measurement (default 3, 1 with --quick)")
-    p.add_argument("--rounds", type=int, default=None, help="alternating rounds, median reported (default 3, 2 with --quick)")
+                   help="minimum seconds of work per measurement (default 1.5, 1 with --quick)")
+    p.add_argument("--rounds", type=int, default=None, help="alternating rounds, median reported (default 8, 2 with --quick)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="DataLoader workers of the seed-style pipeline")
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true", help="also measure our step with torch.compile")
@@ -310,8 +313,10 @@ def main(argv=None):
     small = args.quick or device.type == "cpu"
     args.experiments = args.experiments or (["ex_1", "ex_2"] if small else ["ex_1", "ex_2", "ex_3", "ex_4"])
     args.steps = args.steps or (4 if args.quick else 10)
-    args.rounds = args.rounds or (2 if args.quick else 4)
-    args.seconds = args.seconds if args.seconds is not None else (1.0 if args.quick else 3.0)
+    # Many short rounds rather than a few long ones: on a machine whose speed jumps by 10-15%
+    # from second to second, the median of 8 neighbour-in-time ratios is the steadier figure.
+    args.rounds = args.rounds or (2 if args.quick else 8)
+    args.seconds = args.seconds if args.seconds is not None else (1.0 if args.quick else 1.5)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     env = runlog.environment(device)
