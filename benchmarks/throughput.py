@@ -172,13 +172,23 @@ def bench_experiment(name: str, args, device) -> dict:
     def eval_ours():
         predict(model, images_dev[:counted], None, preprocess, eval_batch, dtype)
 
+    def eval_preprocess_only():  # what predict adds to the floor, timed alone (see eval_preprocess_share)
+        with torch.inference_mode():
+            out = None
+            for start in range(0, counted, eval_batch):
+                out = preprocess(images_dev[start:start + eval_batch], out=out)
+
     eval_floor()
     eval_rates = {"eval_floor": [], "eval_ours": []}
+    ratios["eval_preprocess_share"] = []
     for round_ in range(args.rounds):
         pair = [("eval_floor", eval_floor), ("eval_ours", eval_ours)]
         for key, fn in (pair if round_ % 2 == 0 else pair[::-1]):  # alternate: neither always runs first
             eval_rates[key].append(counted / _timed(fn, device))
         ratios["eval_vs_floor"].append(eval_rates["eval_ours"][-1] / eval_rates["eval_floor"][-1])
+        # The preprocessing's time as a share of the floor's: a short measurement, so a burst of
+        # machine noise moves it less than it moves the ratio of two long ones.
+        ratios["eval_preprocess_share"].append(_timed(eval_preprocess_only, device) * eval_rates["eval_floor"][-1] / counted)
     rates.update(eval_rates)
 
     if device.type == "cpu":
@@ -361,6 +371,9 @@ def markdown_table(results: list) -> str:
             f"{r['experiment']} floor {r['floor']:.0f} vs {r['floor_small_pages']:.0f}, "
             f"eval floor {r['eval_floor']:.0f} vs {r['eval_floor_small_pages']:.0f}"
             for r in results if "floor_small_pages" in r)]
+    lines += ["", "Evaluation preprocessing timed alone, as a share of the eval floor's time: " + ", ".join(
+        f"{r['experiment']} {100 * r['eval_preprocess_share']:.1f}% (expected d/floor {1 / (1 + r['eval_preprocess_share']):.3f})"
+        for r in results)]
     augmented = [r for r in results if "crop_flip_ours" in r]
     if augmented:
         lines += ["", "Random crop + flip alone, img/s: " + ", ".join(
