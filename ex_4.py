@@ -16,7 +16,9 @@ Run:
     python ex_4.py --smoke
 
 Expected: the seed got 96.24% / 83.80% (CIFAR-10 / CIFAR-100) in 2906 s per dataset on an
-RTX 3050. Needs a GPU; see README for what was measured here.
+RTX 3050. Needs a GPU; see README for what was measured here. Speed measured on an H100
+(bf16, channels_last): ~1,400 images/s, ~32 s per epoch of 45,000 images (2 epochs from
+scratch, no ImageNet weights there: ex_4/cifar_10/2026-11-26_18-18-28).
 """
 from common.config import IMAGENET_MEAN_STD, Config
 from common.experiment import main

@@ -371,9 +371,11 @@ def markdown_table(results: list) -> str:
             f"{r['experiment']} floor {r['floor']:.0f} vs {r['floor_small_pages']:.0f}, "
             f"eval floor {r['eval_floor']:.0f} vs {r['eval_floor_small_pages']:.0f}"
             for r in results if "floor_small_pages" in r)]
-    lines += ["", "Evaluation preprocessing timed alone, as a share of the eval floor's time: " + ", ".join(
-        f"{r['experiment']} {100 * r['eval_preprocess_share']:.1f}% (expected d/floor {1 / (1 + r['eval_preprocess_share']):.3f})"
-        for r in results)]
+    shares = [r for r in results if "eval_preprocess_share" in r]  # (results of older versions lack it)
+    if shares:
+        lines += ["", "Evaluation preprocessing timed alone, as a share of the eval floor's time: " + ", ".join(
+            f"{r['experiment']} {100 * r['eval_preprocess_share']:.1f}% "
+            f"(expected d/floor {1 / (1 + r['eval_preprocess_share']):.3f})" for r in shares)]
     augmented = [r for r in results if "crop_flip_ours" in r]
     if augmented:
         lines += ["", "Random crop + flip alone, img/s: " + ", ".join(

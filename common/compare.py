@@ -4,7 +4,8 @@
     python -m common.compare ex_1 ex_2 --figure images/compare_val_accuracy.png
     python -m common.compare ex_1 --readme README.md   # rewrite README's generated results table
 
-Runs are grouped by (experiment, dataset, epochs, data); each group shows the number of
+Runs are grouped by (experiment, dataset, epochs, data, device; EfficientNet runs without
+ImageNet weights apart as "from scratch"); each group shows the number of
 runs and the mean ± sample standard deviation over them (seeds). Runs that did not complete
 (status running / interrupted / failed, or no test.json) are listed apart and never averaged.
 """
@@ -160,7 +161,7 @@ def plot_val_accuracy(runs: list, path: str) -> None:
         ax.set_xlabel("epoch")
         ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below: never over a curve
     save_figure(fig, path)
 
 
