@@ -47,9 +47,10 @@ def request_huge_pages() -> None:
     """Back CPU tensors of 2 MiB and more with transparent huge pages (call before the first one).
 
     Each fresh large CPU tensor (a preprocessed batch, an activation) is otherwise faulted in
-    4 KiB page by 4 KiB page: on this repo's 2-core machine that was ~30% of EX-2's training
-    step and ~40% of its evaluation (benchmarks/throughput.py measures both ways). With huge
-    pages a 64 MiB batch takes ~30x fewer page faults. THP_MEM_ALLOC_ENABLE is torch's own
+    4 KiB page by 4 KiB page: on this repo's 2-core machine EX-2's training floor ran at 122
+    img/s that way against 169 with huge pages, its evaluation floor at 412 against 626
+    (benchmarks/throughput.py measures both ways). With huge pages a 64 MiB batch takes ~30x
+    fewer page faults. THP_MEM_ALLOC_ENABLE is torch's own
     switch (c10/core/impl/alloc_cpu.cpp), read at the first CPU allocation; results do not
     change. A value the user set wins: THP_MEM_ALLOC_ENABLE=0 turns it off.
     """
