@@ -167,7 +167,7 @@ def run_dataset(cfg: Config, name: str, run_dir: str | None = None, checkpoint: 
         if main_rank:
             runlog.save_checkpoint(os.path.join(run_dir, filename), snapshot)
 
-    tag = f"{cfg.experiment} {name}"
+    tag = f"{cfg.experiment} {name} seed {cfg.seed}"
     if checkpoint is None:  # epoch 0: a run killed during its first epoch can still be resumed
         save("last.pth", state(0))
         write_train_json("running")

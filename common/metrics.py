@@ -43,14 +43,23 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, class_nam
     }
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
-    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
+def calibration_bins(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> list:
+    """Equal-width confidence bins (lo, hi]: one dict per non-empty bin with its image count,
+    accuracy and mean confidence. Shared by the ECE and the reliability diagram."""
     confidence = probs.max(1)
     correct = probs.argmax(1) == labels
     edges = np.linspace(0, 1, bins + 1)
-    ece = 0.0
+    out = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         in_bin = (confidence > lo) & (confidence <= hi)
         if in_bin.any():
-            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(ece)
+            out.append({"lo": float(lo), "hi": float(hi), "count": int(in_bin.sum()),
+                        "accuracy": float(correct[in_bin].mean()), "confidence": float(confidence[in_bin].mean())})
+    return out
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
+    total = len(labels)
+    return float(sum(b["count"] / total * abs(b["accuracy"] - b["confidence"])
+                     for b in calibration_bins(probs, labels, bins)))

@@ -19,6 +19,14 @@ def save_figure(fig, path: str) -> None:
     atomic_write_bytes(path, lambda f: f.write(buffer.getvalue()))
 
 
+def integer_epoch_axis(ax) -> None:
+    """Epochs are whole numbers: no tick at 2.5."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_curves(history: list, key: str, ylabel: str, title: str, path: str) -> None:
     """Train and validation `key` per epoch, with the best validation epoch marked."""
     epochs = [h["epoch"] for h in history]
@@ -27,7 +35,7 @@ def plot_curves(history: list, key: str, ylabel: str, title: str, path: str) -> 
     ax.plot(epochs, [h[f"val_{key}"] for h in history], marker=".", label="validation")
     best = max(history, key=lambda h: h["val_accuracy"])
     ax.axvline(best["epoch"], color="grey", linestyle=":", label=f"best val acc (epoch {best['epoch']})")
-    ax.set_xlabel("epoch")
+    integer_epoch_axis(ax)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -76,24 +84,28 @@ def plot_errors(images, labels, probs, class_names: list, title: str, path: str,
 
 
 def plot_calibration(probs, labels, ece: float, title: str, path: str, bins: int = 15) -> None:
-    """Reliability diagram: accuracy per confidence bin against the diagonal of perfect calibration."""
-    confidence = probs.max(1)
-    correct = probs.argmax(1) == labels
-    edges = np.linspace(0, 1, bins + 1)
-    centres, accuracy, counts = [], [], []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        in_bin = (confidence > lo) & (confidence <= hi)
-        centres.append((lo + hi) / 2)
-        accuracy.append(correct[in_bin].mean() if in_bin.any() else 0.0)
-        counts.append(int(in_bin.sum()))
+    """Reliability diagram: accuracy per confidence bin against the diagonal of perfect calibration.
+
+    Only bins that hold images are drawn (an empty bin has no accuracy), each labelled with its count.
+    """
+    from common.metrics import calibration_bins
+
+    filled = calibration_bins(probs, labels, bins)
+    centres = [(b["lo"] + b["hi"]) / 2 for b in filled]
+    counts = [b["count"] for b in filled]
     fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True,
                                        gridspec_kw={"height_ratios": [3, 1]})
-    ax.bar(centres, accuracy, width=1 / bins, edgecolor="black", alpha=0.8, label="accuracy in bin")
+    ax.bar(centres, [b["accuracy"] for b in filled], width=1 / bins, edgecolor="black", alpha=0.8,
+           label="accuracy in bin")
     ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy")
     ax.set_title(f"{title} (ECE {ece:.4f})")
     ax.legend(loc="upper left")
-    ax_count.bar(centres, counts, width=1 / bins, color="grey")
+    bars = ax_count.bar(centres, counts, width=1 / bins, color="grey")
+    ax_count.bar_label(bars, labels=[str(c) for c in counts], fontsize=6)
     ax_count.set_xlabel("confidence (max softmax probability)")
     ax_count.set_ylabel("images")
+    ax_count.margins(y=0.25)  # room for the count labels
     save_figure(fig, path)

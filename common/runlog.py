@@ -106,6 +106,8 @@ def environment(device: torch.device) -> dict:
         "numpy": np.__version__,
         "platform": platform.platform(),
         "device": str(device),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
     if sys.platform.startswith("linux"):  # CPU tensors on huge pages (common.train.request_huge_pages)
@@ -115,6 +117,18 @@ def environment(device: torch.device) -> dict:
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda
     return env
+
+
+def cpu_model() -> str:
+    """The processor's marketing name: bit-for-bit reproducibility on a CPU holds only on the same model."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def _read_first_line(path: str) -> str | None:
