@@ -55,7 +55,7 @@ def main(config: Config, description: str, argv: list[str] | None = None) -> lis
             if distributed.is_main():
                 runlog.check_writable(os.path.join(cfg.out, SPECS[name].run_folder))
         seeds = cfg.seeds or (cfg.seed,)
-        return [run_dataset(dataclasses.replace(cfg, seed=seed, seeds=()), name)
+        return [run_dataset(dataclasses.replace(cfg, seed=seed, seeds=()), name, recipe=config)
                 for seed in seeds for name in datasets]
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
@@ -87,7 +87,8 @@ def load_data(cfg: Config, name: str) -> CifarData:
     return load_cifar(spec, cfg.data_dir)
 
 
-def run_dataset(cfg: Config, name: str, run_dir: str | None = None, checkpoint: dict | None = None) -> str:
+def run_dataset(cfg: Config, name: str, recipe: Config | None = None, run_dir: str | None = None,
+                checkpoint: dict | None = None) -> str:
     """Train on the 45k split, pick the best epoch on the 5k validation split, test it once."""
     spec = SPECS[name]
     data = load_data(cfg, name)
@@ -121,6 +122,7 @@ def run_dataset(cfg: Config, name: str, run_dir: str | None = None, checkpoint: 
     if run_dir is None and main_rank:
         run_dir = runlog.create_run_dir(os.path.join(cfg.out, spec.run_folder))
         provenance = {
+            "recipe": dataclasses.asdict(recipe or cfg),  # the script's own CONFIG, before the command line
             "config": dataclasses.asdict(cfg), "dataset": name, "command": runlog.command_line(),
             "git": runlog.git_info(REPO_ROOT), "environment": runlog.environment(device),
             "seed": cfg.seed, "start_time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
