@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from common import compare
+from common.runlog import cpu_model
 from tests.conftest import run_script
 
 
@@ -50,7 +51,9 @@ def test_compare_table_matches_the_run_folders(seeded_runs, tmp_path):
         assert row["accuracy_std"] == pytest.approx(statistics.stdev(accs))
         assert row["accuracy"] == f"{statistics.mean(accs):.4f} ± {statistics.stdev(accs):.4f}"
     text = compare.markdown(runs)
-    assert "| ex_1 | 2 | synthetic | CPU | 3 |" in text and "| ex_2 | 1 | synthetic | CPU | 3 |" in text
+    cpu = f"CPU {cpu_model()}"
+    assert f"| ex_1 | 2 of 50 epochs; batch size 32 | synthetic | {cpu} | 3 (0,1,2) |" in text
+    assert f"| ex_2 | 1 of 100 epochs; batch size 32 | synthetic | {cpu} | 3 (0,1,2) |" in text
     assert "2000-01-01_00-00-00: interrupted" in text
 
     figure = tmp_path / "val.png"
@@ -60,7 +63,8 @@ def test_compare_table_matches_the_run_folders(seeded_runs, tmp_path):
                   "--readme", str(readme)])
     assert figure.read_bytes()[:4] == b"\x89PNG"
     new = readme.read_text()
-    assert "old" not in new and "| ex_1 | 2 | synthetic | CPU | 3 |" in new and new.endswith("after\n")
+    assert "old" not in new and f"| ex_1 | 2 of 50 epochs; batch size 32 | synthetic | {cpu} | 3 (0,1,2) |" in new
+    assert new.endswith("after\n")
 
 
 def test_runs_on_other_hardware_or_without_pretrained_weights_are_rows_of_their_own(seeded_runs, tmp_path):
@@ -75,9 +79,10 @@ def test_runs_on_other_hardware_or_without_pretrained_weights_are_rows_of_their_
         (copy / "config.json").write_text(json.dumps(config))
     text = compare.markdown(compare.collect([str(seeded_runs / "ex_1"), str(tmp_path / "gpu" / "ex_1"),
                                              str(tmp_path / "scratch" / "ex_1")]))
-    assert "| ex_1 | 2 | synthetic | CPU | 3 |" in text
-    assert "| ex_1 | 2 | synthetic | NVIDIA H100 80GB HBM3 | 1 |" in text
-    assert "| ex_1 from scratch | 2 | synthetic | CPU | 1 |" in text
+    cpu, changes = f"CPU {cpu_model()}", "2 of 50 epochs; batch size 32"
+    assert f"| ex_1 | {changes} | synthetic | {cpu} | 3 (0,1,2) |" in text
+    assert f"| ex_1 | {changes} | synthetic | NVIDIA H100 80GB HBM3 | 1 (0) |" in text
+    assert f"| ex_1 from scratch | model efficientnet_v2_s; {changes} | synthetic | {cpu} | 1 (0) |" in text
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +153,73 @@ def test_missing_tensorboard_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     with pytest.raises(RunError, match="pip install tensorboard"):
         tensorboard_writer("/tmp")
+
+
+def _copy_runs(source_root, dest_root, count=None):
+    """Copy run folders (config/train/test only) of source_root/cifar_10 into dest_root/cifar_10."""
+    runs = sorted(p for p in (source_root / "cifar_10").iterdir() if (p / "test.json").exists())[:count]
+    for run in runs:
+        copy = dest_root / "cifar_10" / run.name
+        copy.mkdir(parents=True)
+        for name in ("config.json", "train.json", "test.json"):
+            shutil.copy(run / name, copy / name)
+    return [dest_root / "cifar_10" / run.name for run in runs]
+
+
+def test_compare_cli_splits_rows_by_recipe_and_writes_nothing_tracked(seeded_runs, smoke_data, tmp_path):
+    from tests.conftest import REPO, snapshot_files
+
+    experiment = tmp_path / "ex_1"
+    _copy_runs(seeded_runs / "ex_1", experiment, count=2)  # seeds 0 and 1 of one recipe
+    result = run_script("ex_1.py", "--smoke", "--dataset", "cifar10", "--lr", "0.01", "--save-every", "0",
+                        "--data-dir", smoke_data, "--out", str(experiment))
+    assert result.returncode == 0, result.stderr[-2000:]
+    tracked_before = snapshot_files(os.path.join(REPO, "images")), open(os.path.join(REPO, "README.md")).read()
+    import subprocess
+    import sys
+    listing = subprocess.run([sys.executable, "-m", "common.compare", str(experiment)], cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    rows = [line for line in listing.stdout.splitlines() if line.startswith("| ex_1 |")]
+    assert len(rows) == 2, listing.stdout
+    assert "| 2 (0,1) |" in rows[0] and "lr" not in rows[0]
+    assert "| 1 (0) |" in rows[1] and "lr 0.01" in rows[1]
+    assert (snapshot_files(os.path.join(REPO, "images")), open(os.path.join(REPO, "README.md")).read()) == \
+        tracked_before
+    assert (tmp_path / "compare_val_accuracy.png").read_bytes()[:4] == b"\x89PNG"  # beside the runs
+
+
+def test_a_repeated_seed_counts_once_and_any_recipe_field_splits(seeded_runs, tmp_path):
+    experiment = tmp_path / "ex_1"
+    (first, second) = _copy_runs(seeded_runs / "ex_1", experiment, count=2)
+    duplicate = experiment / "cifar_10" / (first.name + "_1")
+    shutil.copytree(first, duplicate)  # the same seed run again
+    rows = compare.summarize(compare.collect([str(experiment)]))["CIFAR-10"]
+    assert [(r["runs"], r["seeds"]) for r in rows] == [(2, [0, 1])]
+    for field, value in (("weight_decay", 0.5), ("augment", "crop_flip"), ("image_size", 64), ("amp", False)):
+        config = json.load(open(second / "config.json"))
+        config["config"][field] = value
+        (second / "config.json").write_text(json.dumps(config))
+        rows = compare.summarize(compare.collect([str(experiment)]))["CIFAR-10"]
+        assert sorted(r["runs"] for r in rows) == [1, 1], field
+        (second / "config.json").write_text(json.dumps(json.load(open(first / "config.json")) | {"seed": 1}))
+
+
+def test_a_damaged_run_folder_is_listed_and_the_rest_is_printed(seeded_runs, tmp_path):
+    experiment = tmp_path / "ex_1"
+    (good, bad, worse) = _copy_runs(seeded_runs / "ex_1", experiment, count=3)
+    (bad / "train.json").write_text(json.dumps({"status": "completed", "epochs": "many"}))
+    (worse / "test.json").write_text(json.dumps([1, 2, 3]))
+    result = run_module_compare(str(experiment))
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    assert "| 1 (0) |" in result.stdout
+    assert f"{bad.name}: damaged" in result.stdout and f"{worse.name}: damaged" in result.stdout
+
+
+def run_module_compare(*args, cwd=None):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    return subprocess.run([sys.executable, os.path.join(REPO, "common", "compare.py"), *args], cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=120)
