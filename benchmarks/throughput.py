@@ -3,7 +3,7 @@
 For each experiment's model at its input size:
   (a) floor      forward + backward + optimizer step on one batch already on the device
   (b) ours       common.train.train_one_epoch: uint8 data on the device, batched augmentation
-  (c) seed-style torchvision transforms on PIL images through a DataLoader (the seed's pipeline)
+  (c) report-style torchvision transforms on PIL images through a DataLoader (the report's pipeline)
   (d) eval       common.train.predict against an inference-only floor at the eval batch size
 and, with --compile, (b) with torch.compile (compile time reported apart).
 Rounds alternate a, b, c so that a busy machine slows all of them alike; medians are reported.
@@ -37,8 +37,9 @@ sys.path.insert(0, REPO_ROOT)
 from common import runlog  # noqa: E402
 from common.augment import Preprocess, crop_flip, resize_like_pil, sample_crop_flip  # noqa: E402
 from common.models import build_model  # noqa: E402
-from common.train import (amp_dtype, autocast, build_optimizer, predict, request_huge_pages,  # noqa: E402
-                          select_device, train_one_epoch, use_channels_last)
+from common.devices import (amp_dtype, autocast, request_huge_pages, select_device,  # noqa: E402
+                            use_channels_last)
+from common.train import build_optimizer, predict, train_one_epoch  # noqa: E402
 
 
 def _sync(device):
@@ -63,8 +64,8 @@ def floor_steps(model, optimizer, x, y, steps, dtype, device):
         optimizer.step()
 
 
-def seed_style_loader(images: np.ndarray, labels: np.ndarray, cfg, batch_size: int, workers: int):
-    """What the seed did: a Dataset of PIL images and a torchvision transform chain per image."""
+def report_style_loader(images: np.ndarray, labels: np.ndarray, cfg, batch_size: int, workers: int):
+    """What the report did: a Dataset of PIL images and a torchvision transform chain per image."""
     from PIL import Image
     from torchvision import transforms as T
 
@@ -88,7 +89,7 @@ def seed_style_loader(images: np.ndarray, labels: np.ndarray, cfg, batch_size: i
                                        persistent_workers=workers > 0, drop_last=True)
 
 
-def seed_style_steps(model, optimizer, batches, steps, dtype, device):
+def report_style_steps(model, optimizer, batches, steps, dtype, device):
     for _ in range(steps):
         x, y = next(batches)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -122,20 +123,21 @@ def bench_experiment(name: str, args, device) -> dict:
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (n,), generator=g)
     images_dev, labels_dev = images.to(device), labels.to(device)
-    preprocess = Preprocess(cfg.image_size, cfg.mean, cfg.std, cfg.crop_padding(), device, channels_last)
+    preprocess = Preprocess(cfg.image_size, cfg.mean, cfg.std, cfg.crop_padding(), device, channels_last,
+                            augment=cfg.augment == "crop_flip")
 
     x = preprocess(images_dev[:batch])
     y = labels_dev[:batch]
 
     if not args.floors_only:
-        loader = seed_style_loader(images.numpy(), labels.numpy(), cfg, batch, args.workers)
-        seed_batches = iter(_forever(loader))
+        loader = report_style_loader(images.numpy(), labels.numpy(), cfg, batch, args.workers)
+        report_batches = iter(_forever(loader))
     subset = torch.arange(batch * steps)
 
     def ours():
         gen = torch.Generator().manual_seed(1)
-        train_one_epoch(model, optimizer, images_dev, labels_dev, subset, preprocess, batch, gen,
-                        cfg.augment == "crop_flip", dtype, None, desc=f"bench {name}")
+        train_one_epoch(model, optimizer, images_dev, labels_dev, subset, preprocess=preprocess, batch_size=batch,
+                        generator=gen, dtype=dtype, desc=f"bench {name}")
 
     # warm-up: allocator, cuDNN autotuning, worker start-up
     floor_steps(model, optimizer, x, y, 2, dtype, device)
@@ -147,24 +149,24 @@ def bench_experiment(name: str, args, device) -> dict:
         eval_floor()
         return {"experiment": name, "floor": statistics.median(train_floor),
                 "eval_floor": statistics.median([counted / _timed(eval_floor, device) for _ in range(args.rounds)])}
-    seed_style_steps(model, optimizer, seed_batches, 2, dtype, device)
-    rates = {"floor": [], "ours": [], "seed_style": []}
+    report_style_steps(model, optimizer, report_batches, 2, dtype, device)
+    rates = {"floor": [], "ours": [], "report_style": []}
     # Ratios are taken per round (neighbours in time) and their median reported: robust to a
     # machine whose speed drifts.
-    ratios = {"ours_vs_floor": [], "ours_vs_seed_style": [], "eval_vs_floor": []}
+    ratios = {"ours_vs_floor": [], "ours_vs_report_style": [], "eval_vs_floor": []}
     measure = {
         "floor": lambda: floor_steps(model, optimizer, x, y, steps, dtype, device),
         "ours": ours,
-        "seed_style": lambda: seed_style_steps(model, optimizer, seed_batches, steps, dtype, device),
+        "report_style": lambda: report_style_steps(model, optimizer, report_batches, steps, dtype, device),
     }
     settle = int(0.5 / per_step) + 1  # ~0.5 s of floor steps: the CPU stays busy (no clock drop) while
-    order = list(measure)              # the seed-style workers finish prefetching
+    order = list(measure)              # the report-style workers finish prefetching
     for round_ in range(args.rounds):
         for pipeline in order[round_ % 3:] + order[:round_ % 3]:  # rotate: no pipeline always runs first
             floor_steps(model, optimizer, x, y, settle, dtype, device)
             rates[pipeline].append(batch * steps / _timed(measure[pipeline], device))
         ratios["ours_vs_floor"].append(rates["ours"][-1] / rates["floor"][-1])
-        ratios["ours_vs_seed_style"].append(rates["ours"][-1] / rates["seed_style"][-1])
+        ratios["ours_vs_report_style"].append(rates["ours"][-1] / rates["report_style"][-1])
 
     # (d) evaluation: predict() on uint8 data vs the model alone on a preprocessed batch
     model.eval()
@@ -208,7 +210,7 @@ def bench_experiment(name: str, args, device) -> dict:
 
     result = {k: statistics.median(v) for k, v in rates.items()}
     result.update({"experiment": name, "model": cfg.model, "image_size": cfg.image_size, "batch_size": batch,
-                   "steps_per_round": steps, "rounds": args.rounds, "seed_style_workers": args.workers,
+                   "steps_per_round": steps, "rounds": args.rounds, "report_style_workers": args.workers,
                    "eval_batch_size": eval_batch,
                    "layout": "channels_last" if channels_last else "contiguous"})
     result.update({k: statistics.median(v) for k, v in ratios.items()})
@@ -219,15 +221,15 @@ def bench_experiment(name: str, args, device) -> dict:
         compiled = torch.compile(model)
         start = time.perf_counter()
         gen = torch.Generator().manual_seed(2)
-        train_one_epoch(compiled, optimizer, images_dev, labels_dev, torch.arange(batch * 2), preprocess, batch,
-                        gen, cfg.augment == "crop_flip", dtype, None, desc="compile")
+        train_one_epoch(compiled, optimizer, images_dev, labels_dev, torch.arange(batch * 2), preprocess=preprocess,
+                        batch_size=batch, generator=gen, dtype=dtype, desc="compile")
         _sync(device)
         result["compile_time_s"] = time.perf_counter() - start
         compiled_rates, floor_again, compiled_ratio = [], [], []
         def run_compiled():
             gen = torch.Generator().manual_seed(3)
-            train_one_epoch(compiled, optimizer, images_dev, labels_dev, subset, preprocess, batch, gen,
-                            cfg.augment == "crop_flip", dtype, None, desc="compiled")
+            train_one_epoch(compiled, optimizer, images_dev, labels_dev, subset, preprocess=preprocess,
+                            batch_size=batch, generator=gen, dtype=dtype, desc="compiled")
 
         for round_ in range(args.rounds):
             pair = [("floor", measure["floor"]), ("compiled", run_compiled)]
@@ -259,7 +261,7 @@ def eval_floor_fn(model, preprocess, images_dev, cfg, device, dtype):
 
 def small_pages_floors(args) -> dict:
     """The CPU floors again in a child process with THP_MEM_ALLOC_ENABLE=0 (torch reads it once,
-    at its first CPU allocation): what common.train.request_huge_pages buys."""
+    at its first CPU allocation): what common.devices.request_huge_pages buys."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "floors.json")
         command = [sys.executable, "-m", "benchmarks.throughput", "--floors-only", "--device", "cpu",
@@ -310,7 +312,7 @@ def main(argv=None):
     p.add_argument("--seconds", type=float, default=None,
                    help="minimum seconds of work per measurement (default 1.5, 1 with --quick)")
     p.add_argument("--rounds", type=int, default=None, help="alternating rounds, median reported (default 8, 2 with --quick)")
-    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="DataLoader workers of the seed-style pipeline")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="DataLoader workers of the report-style pipeline")
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true", help="also measure our step with torch.compile")
     p.add_argument("--quick", action="store_true", help="about a minute on a 2-core CPU")
@@ -339,7 +341,7 @@ def main(argv=None):
         results.append(r)
         if args.floors_only:
             continue
-        print(f"{name}: floor {r['floor']:.0f} img/s, ours {r['ours']:.0f}, seed-style {r['seed_style']:.0f}, "
+        print(f"{name}: floor {r['floor']:.0f} img/s, ours {r['ours']:.0f}, report-style {r['report_style']:.0f}, "
               f"eval {r['eval_ours']:.0f} vs {r['eval_floor']:.0f}", flush=True)
     if device.type == "cpu" and not args.floors_only:
         print("floors again with 4 KiB pages (THP_MEM_ALLOC_ENABLE=0), in a child process", flush=True)
@@ -355,12 +357,12 @@ def main(argv=None):
 
 
 def markdown_table(results: list) -> str:
-    header = ("| experiment | size | (a) floor img/s | (b) ours img/s | (c) seed-style img/s | b/a | b/c "
+    header = ("| experiment | size | (a) floor img/s | (b) ours img/s | (c) report-style img/s | b/a | b/c "
               "| (d) eval img/s | eval floor img/s | d/floor |")
     lines = [header, "|" + "|".join(["---"] * 10) + "|"]
     for r in results:
         lines.append(f"| {r['experiment']} | {r['image_size']} | {r['floor']:.0f} | {r['ours']:.0f} | "
-                     f"{r['seed_style']:.0f} | {r['ours_vs_floor']:.2f} | {r['ours_vs_seed_style']:.2f} | "
+                     f"{r['report_style']:.0f} | {r['ours_vs_floor']:.2f} | {r['ours_vs_report_style']:.2f} | "
                      f"{r['eval_ours']:.0f} | {r['eval_floor']:.0f} | {r['eval_vs_floor']:.2f} |")
     if any("floor_other_layout" in r for r in results):
         lines += ["", "CPU layout check, floor img/s in the layout used vs the other one: " + ", ".join(

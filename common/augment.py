@@ -51,7 +51,7 @@ def resize_like_pil(x: torch.Tensor, size: int, memory_format=torch.contiguous_f
     """Bilinear resize of uint8 images to size x size, rounded to uint8.
 
     On the CPU this is torch's uint8 antialiased kernel, which gives the same pixels as PIL's
-    Image.resize(BILINEAR), i.e. what the seed's torchvision Resize did (checked in the
+    Image.resize(BILINEAR), i.e. what the report's torchvision Resize did (checked in the
     tests), and is ~7x faster than resizing floats. Other devices have no uint8 kernel:
     there the float kernel's result is rounded (at most 1 grey level away).
     """
@@ -65,14 +65,16 @@ def resize_like_pil(x: torch.Tensor, size: int, memory_format=torch.contiguous_f
 class Preprocess:
     """uint8 (B, 3, 32, 32) on the device -> normalized float input for the model.
 
-    Order as in the seed's torchvision pipeline: Resize -> RandomCrop(pad) -> HFlip ->
+    Order as in the report's torchvision pipeline: Resize -> RandomCrop(pad) -> HFlip ->
     ToTensor/Normalize. Everything up to the normalization stays uint8 (4x less memory
     traffic); padding is pixel value 0, like torchvision's fill=0.
     """
 
-    def __init__(self, image_size: int, mean, std, padding: int, device, channels_last: bool = False):
+    def __init__(self, image_size: int, mean, std, padding: int, device, channels_last: bool = False,
+                 augment: bool = False):
         self.image_size = image_size
         self.padding = padding
+        self.augment = augment  # training draws random crops + flips (common.train.train_one_epoch)
         std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.scale = 1.0 / (255.0 * std_t)     # (x/255 - mean)/std == x*scale + shift

@@ -1,7 +1,7 @@
 """CIFAR-10/100 from the official python layout into uint8 tensors, plus the train/val split.
 
 Why not torchvision.datasets.CIFAR10: it decodes nothing but still hands out one PIL image
-at a time, which is what made the seed's pipeline slow. Here a dataset is one uint8 tensor
+at a time, which is what made the report's pipeline slow. Here a dataset is one uint8 tensor
 (N, 3, 32, 32) and its labels (N,) int64; batches are cut from it on the training device.
 
 Safety: the official files are pickles. They are read with an unpickler that only builds
@@ -13,19 +13,19 @@ import io
 import os
 import pickle
 import shutil
+import tarfile
 import tempfile
-import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from common.errors import UserError, os_reason
+
 OFFICIAL_BASE_URL = "https://www.cs.toronto.edu/~kriz/"
-MIRROR_ENV = "CIFAR_MIRROR"  # optional base URL that replaces OFFICIAL_BASE_URL (a local mirror)
-
-
-class DataError(Exception):
-    """A problem with the data a user can act on; the scripts print it as one line and exit 1."""
+MIRROR_ENV = "CIFAR_MIRROR"  # optional base that replaces OFFICIAL_BASE_URL: http(s)://, file:// or a folder
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,10 @@ class DatasetSpec:
         return {"cifar10": "cifar_10", "cifar100": "cifar_100"}[self.name]
 
     def url(self) -> str:
-        return os.environ.get(MIRROR_ENV, OFFICIAL_BASE_URL).rstrip("/") + "/" + self.archive
+        base = os.environ.get(MIRROR_ENV) or OFFICIAL_BASE_URL
+        if "://" not in base:  # a plain folder holding the archives
+            base = urllib.parse.urljoin("file:", urllib.request.pathname2url(os.path.abspath(base)))
+        return base.rstrip("/") + "/" + self.archive
 
 
 SPECS = {
@@ -87,16 +90,16 @@ class _CifarUnpickler(pickle.Unpickler):
 
 
 def safe_unpickle(path: str) -> dict:
-    """Read one CIFAR batch file; any failure becomes a DataError naming the file."""
+    """Read one CIFAR batch file; any failure becomes a UserError naming the file."""
     try:
         with open(path, "rb") as f:
             obj = _CifarUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
     except FileNotFoundError:
-        raise DataError(f"missing data file {path}; delete its folder to download it again") from None
+        raise UserError(f"missing data file {path}; delete its folder to download it again") from None
     except Exception as e:  # truncated, corrupt, or a refused global
-        raise DataError(f"cannot read {path}: {e} (delete the folder to download it again)") from None
+        raise UserError(f"cannot read {path}: {e} (delete the folder to download it again)") from None
     if not isinstance(obj, dict):
-        raise DataError(f"{path} is not a CIFAR batch file (expected a dict, found {type(obj).__name__})")
+        raise UserError(f"{path} is not a CIFAR batch file (expected a dict, found {type(obj).__name__})")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
@@ -106,15 +109,15 @@ def _read_split(root: str, files: tuple, spec: DatasetSpec) -> tuple[torch.Tenso
         path = os.path.join(root, name)
         batch = safe_unpickle(path)
         if "data" not in batch or spec.label_key not in batch:
-            raise DataError(f"{path} lacks 'data' or '{spec.label_key}'")
+            raise UserError(f"{path} lacks 'data' or '{spec.label_key}'")
         data = np.asarray(batch["data"])
         y = np.asarray(batch[spec.label_key])
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-            raise DataError(f"{path}: 'data' must be uint8 of shape (N, 3072), found {data.dtype} {data.shape}")
+            raise UserError(f"{path}: 'data' must be uint8 of shape (N, 3072), found {data.dtype} {data.shape}")
         if y.shape != (data.shape[0],) or not np.issubdtype(y.dtype, np.integer):
-            raise DataError(f"{path}: expected {data.shape[0]} integer labels, found {y.dtype} {y.shape}")
+            raise UserError(f"{path}: expected {data.shape[0]} integer labels, found {y.dtype} {y.shape}")
         if y.size and (y.min() < 0 or y.max() >= spec.num_classes):
-            raise DataError(f"{path}: labels must lie in [0, {spec.num_classes - 1}], "
+            raise UserError(f"{path}: labels must lie in [0, {spec.num_classes - 1}], "
                             f"found {int(y.min())}..{int(y.max())}")
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(y.astype(np.int64))
@@ -126,14 +129,18 @@ def load_cifar(spec: DatasetSpec, data_dir: str, download: bool = True) -> Cifar
     root = os.path.join(data_dir, spec.folder)
     if not os.path.isdir(root):
         if not download:
-            raise DataError(f"{root} does not exist")
+            raise UserError(f"{root} does not exist")
+        try:
+            os.makedirs(data_dir, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create data folder {data_dir}: {os_reason(e)}") from None
         download_archive(spec, data_dir)
     train_x, train_y = _read_split(root, spec.train_files, spec)
     test_x, test_y = _read_split(root, spec.test_files, spec)
     meta = safe_unpickle(os.path.join(root, spec.meta_file))
     classes = [c.decode("latin1") if isinstance(c, bytes) else str(c) for c in meta.get(spec.names_key, [])]
     if len(classes) != spec.num_classes:
-        raise DataError(f"{os.path.join(root, spec.meta_file)}: expected {spec.num_classes} class names "
+        raise UserError(f"{os.path.join(root, spec.meta_file)}: expected {spec.num_classes} class names "
                         f"under '{spec.names_key}', found {len(classes)}")
     return CifarData(train_x, train_y, test_x, test_y, classes)
 
@@ -150,40 +157,60 @@ def fingerprint(spec: DatasetSpec, data_dir: str) -> str:
 
 
 def download_archive(spec: DatasetSpec, data_dir: str) -> None:
-    """Download, md5-check and unpack the official archive. A wrong md5 deletes the file."""
-    from torchvision.datasets.utils import check_integrity, download_url, extract_archive
+    """Download (or take from CIFAR_MIRROR), md5-check and unpack the official archive.
+
+    The archive is unpacked into a temporary folder beside the dataset's and renamed into
+    place when complete, so a failure leaves no partial dataset folder; members that would
+    land outside it (absolute paths, '..', links out) are refused by tarfile's 'data' filter.
+    """
+    from common.download import fetch
 
     url = spec.url()
     archive = os.path.join(data_dir, spec.archive)
-    try:
-        os.makedirs(data_dir, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"cannot create data folder {data_dir}: {e.strerror}") from None
-    if not check_integrity(archive, spec.md5):
-        print(f"downloading {url} -> {data_dir}", flush=True)
+    if not _md5_matches(archive, spec.md5):
+        print(f"{spec.name} is not in {os.path.abspath(data_dir)}: downloading {url}", flush=True)
         try:
-            download_url(url, data_dir, filename=spec.archive, md5=None)
-        except (urllib.error.URLError, OSError, RuntimeError) as e:
-            _remove(archive)
-            raise DataError(f"{spec.name} is not in {os.path.abspath(os.path.join(data_dir, spec.folder))} and "
-                            f"downloading {url} failed ({_reason(e)}). Check the network, or download "
-                            f"the archive by hand and unpack it into {os.path.abspath(data_dir)}") from None
-        if not check_integrity(archive, spec.md5):
-            _remove(archive)
-            raise DataError(f"downloaded {url} but its md5 is not {spec.md5}; the file was deleted, try again")
-    extract_archive(archive, data_dir)
+            fetch(url, archive, "md5", spec.md5, what=f"{spec.name} archive")
+        except UserError as e:
+            raise UserError(f"{e}. {spec.name} is not in {os.path.abspath(os.path.join(data_dir, spec.folder))}; "
+                            f"ways out: unpack {spec.archive} into {os.path.abspath(data_dir)} yourself, set "
+                            f"{MIRROR_ENV} to a folder or URL that holds it, or try the script offline with "
+                            f"--smoke") from None
+    _unpack(archive, data_dir, spec)
 
 
-def _reason(e: Exception) -> str:
-    reason = getattr(e, "reason", None) or e
-    return str(reason).strip() or type(e).__name__
+def _md5_matches(path: str, md5: str) -> bool:
+    import hashlib
+
+    if not os.path.isfile(path):
+        return False
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest() == md5
 
 
-def _remove(path: str) -> None:
+def _unpack(archive: str, data_dir: str, spec: DatasetSpec) -> None:
     try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
+        tmp = tempfile.mkdtemp(dir=data_dir, prefix=spec.folder + ".unpacking-")
+    except OSError as e:
+        raise UserError(f"cannot unpack into {os.path.abspath(data_dir)}: {os_reason(e)}") from None
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+        unpacked = os.path.join(tmp, spec.folder)
+        if not os.path.isdir(unpacked):
+            raise UserError(f"{archive} holds no {spec.folder}/ folder; delete it and try again")
+        os.rename(unpacked, os.path.join(data_dir, spec.folder))
+    except tarfile.FilterError as e:
+        raise UserError(f"{archive} was refused: {e} (a member would land outside {data_dir}); delete it") from None
+    except (tarfile.TarError, EOFError) as e:
+        raise UserError(f"cannot unpack {archive}: {e}; delete it and try again") from None
+    except OSError as e:
+        raise UserError(f"cannot unpack {archive} into {os.path.abspath(data_dir)}: {os_reason(e)}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --- the split ---------------------------------------------------------------------------
@@ -196,7 +223,11 @@ def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tu
     from sklearn.model_selection import train_test_split
 
     y = labels.numpy()
-    n_classes = len(np.unique(y))
+    classes, counts = np.unique(y, return_counts=True)
+    if counts.min() < 2:
+        raise UserError(f"class {int(classes[counts.argmin()])} has only {int(counts.min())} training image; the "
+                        f"stratified validation split needs at least 2 per class")
+    n_classes = len(classes)
     n_val = max(n_classes, int(round(val_fraction * len(y))))
     train_idx, val_idx = train_test_split(np.arange(len(y)), test_size=n_val, stratify=y, random_state=seed)
     return torch.from_numpy(np.sort(train_idx)), torch.from_numpy(np.sort(val_idx))
@@ -230,14 +261,30 @@ def make_synthetic(spec: DatasetSpec, data_dir: str, train_per_class: int, test_
             out[i] = colours[c] + 30 * stripes[None] + rng.normal(0, 20, (3, 32, 32))
         return np.clip(out, 0, 255).astype(np.uint8).reshape(len(labels), -1), labels.tolist()
 
-    os.makedirs(data_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=data_dir, prefix=spec.folder + ".tmp-")  # unique: parallel runs may race
     names = [f"class_{c:03d}" for c in range(k)]
     train_data, train_labels = images(train_per_class)
     test_data, test_labels = images(test_per_class)
+    tmp = None
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=data_dir, prefix=spec.folder + ".tmp-")  # unique: parallel runs may race
+        _write_official_layout(tmp, spec, names, train_data, train_labels, test_data, test_labels)
+    except OSError as e:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"cannot write synthetic data into {os.path.abspath(data_dir)}: {os_reason(e)}") from None
+    try:
+        os.rename(tmp, root)
+    except OSError:  # another process finished first; its copy is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
 
+
+def _write_official_layout(folder: str, spec: DatasetSpec, names: list, train_data, train_labels, test_data,
+                           test_labels) -> None:
+    """The pickled batch files of the official archive, protocol 2 as the originals."""
     def dump(name, obj):
-        with open(os.path.join(tmp, name), "wb") as f:
+        with open(os.path.join(folder, name), "wb") as f:
             pickle.dump(obj, f, protocol=2)
 
     if spec.name == "cifar10":
@@ -254,8 +301,3 @@ def make_synthetic(spec: DatasetSpec, data_dir: str, train_per_class: int, test_
         dump("test", {"batch_label": "test", "data": test_data, "fine_labels": test_labels,
                       "coarse_labels": coarse(test_labels)})
         dump("meta", {"fine_label_names": names, "coarse_label_names": [f"super_{c:02d}" for c in range(20)]})
-    try:
-        os.rename(tmp, root)
-    except OSError:  # another process finished first; its copy is identical
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root

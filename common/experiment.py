@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import io
 import os
+import signal
 import sys
 import time
 
@@ -17,225 +17,225 @@ import torch
 
 from common import distributed, plots, runlog
 from common.augment import Preprocess
-from common.config import Config, config_from_dict, parse_args
-from common.data import SPECS, CifarData, DataError, fingerprint, load_cifar, make_synthetic, stratified_split
+from common.config import SMOKE_SIZES, Config, load_run_record, resolve, smoke_kind
+from common.data import SPECS, CifarData, fingerprint, load_cifar, make_synthetic, stratified_split
+from common.devices import (amp_dtype, describe, memory_format, request_huge_pages, select_device,
+                            use_channels_last)
+from common.errors import UserError, first_line
 from common.metrics import classification_metrics
-from common.models import WeightsError, build_model, count_parameters
-from common.runlog import RunError
-from common.train import (TrainingError, amp_dtype, build_optimizer, build_scheduler, epoch_seed,
-                          evaluate, predict, request_huge_pages, select_device, step_scheduler, train_one_epoch,
-                          use_channels_last)
+from common.models import build_model, count_parameters
+from common.train import build_optimizer, build_scheduler, epoch_seed, evaluate, predict, step_scheduler, train_one_epoch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-USER_ERRORS = (DataError, WeightsError, RunError, TrainingError)
-# --smoke: images per class (train, test) of the synthetic sets, epochs and batch size. EfficientNet
-# (20M parameters, slow on a CPU) gets the "tiny" sets so that every script's smoke run stays short.
-SMOKE_SIZES = {"small": {"cifar10": (60, 20), "cifar100": (6, 2)},
-               "tiny": {"cifar10": (10, 5), "cifar100": (2, 1)}}
-SMOKE_EPOCHS, SMOKE_BATCH = 2, 32
 
 
-def smoke_kind(model: str) -> str:
-    return "tiny" if model == "efficientnet_v2_s" else "small"
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM (kill, Slurm, Kubernetes): stop, mark the run interrupted, exit 128 + signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop_on_signals() -> None:
+    def stop(signum, frame):
+        for s in (signal.SIGINT, signal.SIGTERM):  # stopping already: a second signal must not cut the clean-up short
+            signal.signal(s, signal.SIG_IGN)
+        raise Stopped(signum)
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, stop)
 
 
 def main(config: Config, description: str, argv: list[str] | None = None) -> list[str]:
     """Parse the command line, run each dataset, return the run folders. User errors exit 1."""
-    cfg = parse_args(config, description, argv)
+    cfg = resolve(config, description, argv, REPO_ROOT)  # usage errors exit 2 here, before anything exists
     request_huge_pages()  # before the data is loaded
+    _stop_on_signals()
     distributed.setup()
     if not distributed.is_main():
         sys.stdout = open(os.devnull, "w")  # one process speaks; errors still reach stderr
     try:
         if cfg.resume:
             return [resume(cfg)]
-        cfg = _resolve_defaults(cfg, config)
         datasets = ["cifar10", "cifar100"] if cfg.dataset == "all" else [cfg.dataset]
         for name in datasets:  # fail on an unwritable output folder before any training
             if distributed.is_main():
                 runlog.check_writable(os.path.join(cfg.out, SPECS[name].run_folder))
-        seeds = cfg.seeds or (cfg.seed,)
         return [run_dataset(dataclasses.replace(cfg, seed=seed, seeds=()), name, recipe=config)
-                for seed in seeds for name in datasets]
-    except USER_ERRORS as e:
+                for seed in cfg.seeds or (cfg.seed,) for name in datasets]
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except Stopped as e:
+        sys.exit(128 + e.signum)
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(128 + signal.SIGINT)
     finally:
         distributed.cleanup()
 
 
-def _resolve_defaults(cfg: Config, recipe: Config) -> Config:
-    changes = {}
-    if not cfg.out:
-        changes["out"] = os.path.join(REPO_ROOT, cfg.experiment + ("_smoke" if cfg.smoke else ""))
-    if cfg.smoke:
-        changes["data_dir"] = os.path.join(cfg.data_dir, "synthetic", smoke_kind(cfg.model))
-        if cfg.epochs == recipe.epochs:
-            changes["epochs"] = SMOKE_EPOCHS
-        if cfg.batch_size == recipe.batch_size:
-            changes["batch_size"] = SMOKE_BATCH
-    return dataclasses.replace(cfg, **changes)
-
-
 def load_data(cfg: Config, name: str) -> CifarData:
     spec = SPECS[name]
+    print(f"loading {name} from {cfg.data_dir} ...", flush=True)
     if cfg.smoke:
         make_synthetic(spec, cfg.data_dir, *SMOKE_SIZES[smoke_kind(cfg.model)][name])
         return load_cifar(spec, cfg.data_dir, download=False)
     return load_cifar(spec, cfg.data_dir)
 
 
-def run_dataset(cfg: Config, name: str, recipe: Config | None = None, run_dir: str | None = None,
-                checkpoint: dict | None = None) -> str:
-    """Train on the 45k split, pick the best epoch on the 5k validation split, test it once."""
+def run_dataset(cfg: Config, name: str, recipe: Config | None = None, resume_from: tuple | None = None) -> str:
+    """Train on the 45k split, pick the best epoch on the 5k validation split, test it once.
+
+    resume_from: (run_dir, its config.json, its last.pth or None) to continue a run in place.
+    """
     spec = SPECS[name]
     data = load_data(cfg, name)
     train_idx, val_idx = stratified_split(data.train_y, cfg.val_fraction, cfg.split_seed)
-    main_rank, world = distributed.is_main(), distributed.world_size()
+    if cfg.batch_size > len(train_idx):
+        raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(train_idx)}-image training split")
     device = select_device(distributed.local_device_name(cfg.device))
     dtype = amp_dtype(device, cfg.amp)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
-
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed input sizes: let cuDNN pick the fastest kernels
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, spec.num_classes)
     summary = model_summary(model, cfg.image_size)
-    print(summary)
     channels_last = use_channels_last(device, cfg.model)
-    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    model = model.to(device, memory_format=memory_format(channels_last))
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay)
-    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs, cfg.warmup_epochs)
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    step_model = model
-    if world > 1:
-        step_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        step_model = torch.compile(step_model)
-    batch_per_process = max(2, cfg.batch_size // world)  # the global batch stays cfg.batch_size
-    preprocess = Preprocess(cfg.image_size, cfg.mean, cfg.std, cfg.crop_padding(), device, channels_last)
+    state = runlog.TrainingState(model, optimizer, build_scheduler(cfg.scheduler, optimizer, cfg.epochs,
+                                                                   cfg.warmup_epochs),
+                                 torch.amp.GradScaler("cuda") if dtype == torch.float16 else None)
+    step_model = _step_model(model, device, cfg.compile)
+    preprocess = Preprocess(cfg.image_size, cfg.mean, cfg.std, cfg.crop_padding(), device, channels_last,
+                            augment=cfg.augment == "crop_flip")
     images, labels = data.train_x.to(device), data.train_y.to(device)
-
-    history, best, start_epoch = [], {"epoch": 0, "val_accuracy": -1.0}, 0
-    if run_dir is None and main_rank:
-        run_dir = runlog.create_run_dir(os.path.join(cfg.out, spec.run_folder))
-        provenance = {
-            "recipe": dataclasses.asdict(recipe or cfg),  # the script's own CONFIG, before the command line
-            "config": dataclasses.asdict(cfg), "dataset": name, "command": runlog.command_line(),
-            "git": runlog.git_info(REPO_ROOT), "environment": runlog.environment(device),
-            "seed": cfg.seed, "start_time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "parameters": count_parameters(model), "classes": data.classes,
-            "data": {"folder": os.path.abspath(os.path.join(cfg.data_dir, spec.folder)),
-                     "test_file_sha256": fingerprint(spec, cfg.data_dir), "synthetic": cfg.smoke},
-            "split": {"train": len(train_idx), "val": len(val_idx), "test": len(data.test_y),
-                      "split_seed": cfg.split_seed}, "resumes": [], "processes": world,
-        }
-        runlog.write_json(os.path.join(run_dir, "config.json"), provenance)
-        with open(os.path.join(run_dir, "model_summary.txt"), "w") as f:
-            f.write(summary + "\n")
-    run_dir = distributed.broadcast(run_dir)
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        if scaler is not None and checkpoint.get("scaler"):
-            scaler.load_state_dict(checkpoint["scaler"])
-        runlog.set_rng_state(checkpoint["rng"])
-        history, best, start_epoch = list(checkpoint["history"]), dict(checkpoint["best"]), checkpoint["epoch"]
-    writer = runlog.tensorboard_writer(run_dir) if cfg.tensorboard and main_rank else None
-    print(f"run folder: {run_dir}", flush=True)
-
-    def write_train_json(status: str, error: str | None = None):
-        if not main_rank:
-            return
-        runlog.write_json(os.path.join(run_dir, "train.json"), {
-            "experiment": cfg.experiment, "dataset": name, "status": status, "error": error,
-            "epochs_planned": cfg.epochs, "epochs_done": len(history),
-            "best_epoch": best["epoch"], "best_val_accuracy": best["val_accuracy"] if history else None,
-            "train_time_s": sum(h["epoch_time_s"] for h in history),
-            "images_per_s": (sum(h["train_images"] for h in history) / sum(h["train_time_s"] for h in history)
-                             if history else None),
-            "epochs": history})
-
-    def state(epoch: int) -> dict:
-        return {"experiment": cfg.experiment, "dataset": name, "epoch": epoch, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None, "history": history,
-                "best": best, "rng": runlog.rng_state(), "config": dataclasses.asdict(cfg)}
-
-    def save(filename: str, snapshot: dict):
-        if main_rank:
-            runlog.save_checkpoint(os.path.join(run_dir, filename), snapshot)
-
+    split = {"train": len(train_idx), "val": len(val_idx), "test": len(data.test_y), "split_seed": cfg.split_seed}
+    run_dir = _open_run_folder(cfg, recipe, name, state, resume_from, data, split, device, summary)
+    writer = runlog.tensorboard_writer(run_dir) if cfg.tensorboard and distributed.is_main() else None
+    print_header(cfg, name, device, split, count_parameters(model), run_dir)
     tag = f"{cfg.experiment} {name} seed {cfg.seed}"
-    if checkpoint is None:  # epoch 0: a run killed during its first epoch can still be resumed
-        save("last.pth", state(0))
-        write_train_json("running")
     try:
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(len(state.history), cfg.epochs):
             lr = optimizer.param_groups[0]["lr"]
-            generator = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
             torch.manual_seed(epoch_seed(cfg.seed, epoch))  # dropout / stochastic depth
-            train = train_one_epoch(step_model, optimizer, images, labels, train_idx, preprocess, batch_per_process,
-                                    generator, cfg.augment == "crop_flip", dtype, scaler,
-                                    desc=f"{tag} epoch {epoch + 1}/{cfg.epochs}")
+            train = train_one_epoch(step_model, optimizer, images, labels, train_idx, preprocess=preprocess,
+                                    batch_size=max(2, cfg.batch_size // distributed.world_size()),
+                                    generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch)),
+                                    dtype=dtype, scaler=state.scaler, desc=f"{tag} epoch {epoch + 1}/{cfg.epochs}")
             val = evaluate(model, images, labels, val_idx, preprocess, cfg.eval_batch_size, dtype)
             if not (torch.isfinite(torch.tensor(train["loss"])) and torch.isfinite(torch.tensor(val["loss"]))):
-                raise TrainingError(f"the loss became {train['loss']} in epoch {epoch + 1}; stopped. last.pth "
-                                    f"keeps epoch {len(history)}; try a lower --lr")
-            step_scheduler(scheduler, val["loss"])
-            history.append({"epoch": epoch + 1, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
-                            "val_loss": val["loss"], "val_accuracy": val["accuracy"], "lr": lr,
-                            "train_time_s": train["seconds"], "epoch_time_s": train["seconds"] + val["seconds"],
-                            "train_images": train["images"], "images_per_s": train["images"] / train["seconds"]})
-            improved = val["accuracy"] > best["val_accuracy"]
+                raise UserError(f"the loss became {train['loss']} in epoch {epoch + 1}; stopped. last.pth "
+                                f"keeps epoch {epoch}; try a lower --lr")
+            step_scheduler(state.scheduler, val["loss"])
+            state.history.append(runlog.epoch_record(epoch + 1, train, val, lr))
+            improved = val["accuracy"] > state.best["val_accuracy"]
             if improved:
-                best = {"epoch": epoch + 1, "val_accuracy": val["accuracy"]}
-            snapshot = state(epoch + 1)
-            if improved:
-                save("best.pth", snapshot)
-            if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
-                save(f"epoch-{epoch + 1}.pth", snapshot)
-            save("last.pth", snapshot)
-            write_train_json("running")
-            h = history[-1]
-            if writer is not None:
-                for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr", "images_per_s"):
-                    writer.add_scalar(key.replace("_", "/", 1) if key != "lr" else "lr", h[key], h["epoch"])
-                writer.flush()
-            print(f"{tag} epoch {epoch + 1:3d}/{cfg.epochs}  train loss {h['train_loss']:.4f} acc "
-                  f"{h['train_accuracy']:.4f} | val loss {h['val_loss']:.4f} acc {h['val_accuracy']:.4f} | "
-                  f"lr {lr:.2e} | {h['epoch_time_s']:.1f} s, {h['images_per_s']:.0f} img/s"
-                  f"{'  *best' if improved else ''}", flush=True)
-        write_train_json("completed")
+                state.best = {"epoch": epoch + 1, "val_accuracy": val["accuracy"]}
+            if distributed.is_main():
+                runlog.save_training_state(run_dir, state, cfg.experiment, name, dataclasses.asdict(cfg),
+                                           cfg.save_every, improved)
+                write_train_json(run_dir, cfg, name, state, "running")
+            log_epoch(tag, cfg.epochs, state.history[-1], improved, writer)
+        write_train_json(run_dir, cfg, name, state, "completed")
     except KeyboardInterrupt:
-        write_train_json("interrupted")
-        print(f"\ninterrupted; {len(history)} epochs are saved in {run_dir}/last.pth. Resume with:\n"
-              f"  python {cfg.experiment}.py --resume {run_dir}", file=sys.stderr)
+        write_train_json(run_dir, cfg, name, state, "interrupted")
+        print(f"\ninterrupted; {len(state.history)} epochs are saved in {run_dir}/last.pth. Resume with:\n"
+              f"  python {_script_path(cfg.experiment)} --resume {run_dir}", file=sys.stderr)
         raise
     except BaseException as e:
-        write_train_json("failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+        write_train_json(run_dir, cfg, name, state, "failed", error=first_line(e, 1000))
         raise
-
-    if main_rank:
-        plots.plot_curves(history, "loss", "cross-entropy loss", f"{tag}: loss", os.path.join(run_dir, "loss.png"))
-        plots.plot_curves(history, "accuracy", "accuracy", f"{tag}: accuracy",
+    if distributed.is_main():
+        plots.plot_curves(state.history, "loss", "cross-entropy loss", f"{tag}: loss", os.path.join(run_dir, "loss.png"))
+        plots.plot_curves(state.history, "accuracy", "accuracy", f"{tag}: accuracy",
                           os.path.join(run_dir, "accuracy.png"))
     distributed.barrier()  # best.pth is on disk for every process
-    test_best_checkpoint(cfg, run_dir, model, data, preprocess, device, dtype, tag, writer)
-    if writer is not None:
-        writer.close()
+    test_best_checkpoint(cfg, run_dir, model, data, preprocess, dtype, tag, writer)
     print(f"done: {run_dir}", flush=True)
     return run_dir
 
 
-def test_best_checkpoint(cfg, run_dir, model, data: CifarData, preprocess, device, dtype, tag, writer=None) -> dict:
+def _step_model(model, device, compile_it: bool):
+    """The module the training steps call: DDP-wrapped under torchrun, compiled with --compile."""
+    step_model = model
+    if distributed.world_size() > 1:
+        step_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(step_model) if compile_it else step_model
+
+
+def _open_run_folder(cfg, recipe, name, state, resume_from, data, split, device, summary) -> str:
+    """A new run folder with config.json and model_summary.txt, or the resumed one with its state restored."""
+    spec = SPECS[name]
+    if resume_from is not None:
+        run_dir, record, checkpoint = resume_from
+        if checkpoint is not None:  # checked and loaded before anything in the folder changes
+            runlog.restore_training_state(os.path.join(run_dir, "last.pth"), checkpoint, state, cfg.experiment, name,
+                                          cfg.epochs)
+        if distributed.is_main():
+            runlog.remove_stale_temp_files(run_dir)
+            runlog.record_resume(run_dir, record, len(state.history), REPO_ROOT)
+        return run_dir
+    run_dir = None
+    if distributed.is_main():
+        run_dir = runlog.create_run_dir(os.path.join(cfg.out, spec.run_folder))
+        data_record = {"folder": os.path.abspath(os.path.join(cfg.data_dir, spec.folder)),
+                       "test_file_sha256": fingerprint(spec, cfg.data_dir), "synthetic": cfg.smoke}
+        runlog.write_json(os.path.join(run_dir, "config.json"), runlog.provenance(
+            dataclasses.asdict(cfg), dataclasses.asdict(recipe or cfg), name, REPO_ROOT, device,
+            count_parameters(state.model), data.classes, data_record, split, distributed.world_size()))
+        runlog.write_text(os.path.join(run_dir, "model_summary.txt"), summary + "\n")
+        runlog.save_training_state(run_dir, state, cfg.experiment, name, dataclasses.asdict(cfg), 0, False)
+        write_train_json(run_dir, cfg, name, state, "running")  # epoch 0: a run killed in epoch 1 can resume
+    return distributed.broadcast(run_dir)
+
+
+def write_train_json(run_dir: str, cfg: Config, name: str, state, status: str, error: str | None = None) -> None:
+    if not distributed.is_main():
+        return
+    summary = runlog.train_summary(cfg.experiment, name, cfg.epochs, state.history, state.best, status, error)
+    try:
+        runlog.write_json(os.path.join(run_dir, "train.json"), summary)
+    except UserError:
+        if status == "running":
+            raise
+        # Already stopping (a full disk, say): the reason that stopped us is the one to report.
+
+
+def print_header(cfg: Config, name: str, device, split: dict, parameters: int, run_dir: str) -> None:
+    """What is about to run, before the first epoch: device, data, recipe, where it goes."""
+    schedule = cfg.scheduler + (f" after {cfg.warmup_epochs} warm-up epochs" if cfg.warmup_epochs else "")
+    print(f"{cfg.experiment} on {name}, seed {cfg.seed} | {describe(device)}\n"
+          f"  data:   {split['train']:,} train / {split['val']:,} validation / {split['test']:,} test images"
+          f"{' (synthetic, --smoke)' if cfg.smoke else ''}\n"
+          f"  recipe: {cfg.model} ({parameters:,} parameters), {cfg.epochs} epochs, batch {cfg.batch_size}, "
+          f"{cfg.optimizer} lr {cfg.lr:g} weight decay {cfg.weight_decay:g}, schedule {schedule}, "
+          f"{cfg.image_size} px, augmentation {cfg.augment}\n"
+          f"  run folder: {run_dir}", flush=True)
+
+
+def log_epoch(tag: str, epochs: int, record: dict, improved: bool, writer=None) -> None:
+    """One console line per epoch, and the same numbers to TensorBoard when asked for."""
+    if writer is not None:
+        for key, value in record.items():
+            if key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy"):
+                split, metric = key.split("_")
+                writer.add_scalar(f"{metric}/{split}", value, record["epoch"])
+        writer.add_scalar("lr", record["lr"], record["epoch"])
+        writer.add_scalar("throughput/images_per_s", record["images_per_s"], record["epoch"])
+        writer.flush()
+    print(f"{tag} epoch {record['epoch']:3d}/{epochs}  train loss {record['train_loss']:.4f} acc "
+          f"{record['train_accuracy']:.4f} | val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.4f} | "
+          f"lr {record['lr']:.2e} | {record['epoch_time_s']:.1f} s, {record['images_per_s']:.0f} img/s"
+          f"{'  *best' if improved else ''}", flush=True)
+
+
+def test_best_checkpoint(cfg, run_dir, model, data: CifarData, preprocess, dtype, tag, writer=None) -> dict:
     """The test set, used once: on the best-by-validation weights."""
     best = runlog.load_checkpoint(os.path.join(run_dir, "best.pth"))
-    model.load_state_dict(best["model"])
-    test_images = data.test_x.to(device)
+    runlog.load_into(model, best["model"], os.path.join(run_dir, "best.pth"), "model")
+    test_images = data.test_x.to(next(model.parameters()).device)
     start = time.perf_counter()
     logits = predict(model, test_images, None, preprocess, cfg.eval_batch_size, dtype, desc="test")
     seconds = time.perf_counter() - start
@@ -253,19 +253,9 @@ def test_best_checkpoint(cfg, run_dir, model, data: CifarData, preprocess, devic
     if not distributed.is_main():
         return result
     runlog.write_json(os.path.join(run_dir, "test.json"), result)
-
-    probs = probs.numpy()
-    labels = data.test_y.numpy()
-    fig = plots.confusion_figure(metrics["confusion_matrix"], data.classes,
-                                 f"{tag}: test confusion (acc {metrics['accuracy']:.4f})")
+    plots.test_figures(run_dir, data, probs.numpy(), metrics, tag, writer)
     if writer is not None:
-        writer.add_figure("test/confusion_matrix", fig, close=False)
-        writer.add_scalar("test/accuracy", metrics["accuracy"], best["epoch"])
-    plots.save_figure(fig, os.path.join(run_dir, "confusion_matrix.png"))
-    plots.plot_errors(data.test_x.numpy(), labels, probs, data.classes, f"{tag}: most confident test errors",
-                      os.path.join(run_dir, "errors.png"))
-    plots.plot_calibration(probs, labels, metrics["ece"], f"{tag}: reliability",
-                           os.path.join(run_dir, "calibration.png"))
+        write_hparams(writer, cfg, result)
     line = (f"{tag} test (best epoch {best['epoch']}): accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}"
             f"  macro F1 {metrics['f1']:.4f}  AUC {metrics['auc']:.4f}  top-5 {metrics['top5_accuracy']:.4f}")
     if cfg.tta:
@@ -274,37 +264,42 @@ def test_best_checkpoint(cfg, run_dir, model, data: CifarData, preprocess, devic
     return result
 
 
+HPARAM_FIELDS = ("model", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "scheduler", "warmup_epochs",
+                 "image_size", "augment", "pretrained", "seed", "smoke")
+
+
+def write_hparams(writer, cfg: Config, result: dict) -> None:
+    """The recipe and the test metrics, so TensorBoard's HParams view can compare runs."""
+    hparams = {k: getattr(cfg, k) for k in HPARAM_FIELDS}
+    metrics = {f"hparams/test_{k}": result[k] for k in ("accuracy", "loss", "f1", "top5_accuracy")}
+    writer.add_hparams(hparams, metrics, run_name=".")
+    writer.close()
+
+
 def resume(cli: Config) -> str:
     """Continue RUN_DIR from its last.pth, with the config it was started with."""
-    run_dir = cli.resume.rstrip("/")
-    config_path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(config_path):
-        raise RunError(f"{run_dir} is not a run folder (no config.json)")
-    try:
-        saved = runlog.read_json(config_path)
-        cfg = config_from_dict(saved["config"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise RunError(f"{config_path} is damaged: {e}") from None
+    run_dir = cli.resume.rstrip("/") or cli.resume
+    cfg, record = load_run_record(run_dir)
     if cfg.experiment != cli.experiment:
-        raise RunError(f"{run_dir} is a run of {cfg.experiment}, not {cli.experiment}; "
-                       f"resume it with python {cfg.experiment}.py --resume {run_dir}")
+        raise UserError(f"{run_dir} is a run of {cfg.experiment}, not {cli.experiment}; "
+                        f"resume it with python {_script_path(cfg.experiment)} --resume {run_dir}")
+    if os.path.exists(os.path.join(run_dir, "test.json")):
+        raise UserError(f"{run_dir} is complete (it has test.json); start a new run instead")
     last = os.path.join(run_dir, "last.pth")
     # Killed before its first checkpoint: start over in the same folder.
     checkpoint = runlog.load_checkpoint(last) if os.path.exists(last) else None
-    if checkpoint is not None and (checkpoint.get("experiment") != cfg.experiment
-                                   or checkpoint.get("dataset") != saved.get("dataset")):
-        raise RunError(f"{run_dir}/last.pth belongs to {checkpoint.get('experiment')} "
-                       f"{checkpoint.get('dataset')}, not to this run")
+    if checkpoint is not None:
+        runlog.check_training_state(last, checkpoint, cfg.experiment, record["dataset"], cfg.epochs)
     runlog.check_writable(run_dir)
     cfg = dataclasses.replace(cfg, device=cli.device if cli.device != "auto" else cfg.device)
-    saved["resumes"] = saved.get("resumes", []) + [{
-        "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": runlog.command_line(), "from_epoch": checkpoint["epoch"] if checkpoint else 0,
-        "git": runlog.git_info(REPO_ROOT)}]
-    if distributed.is_main():
-        runlog.write_json(config_path, saved)
     print(f"resuming {run_dir} after epoch {checkpoint['epoch'] if checkpoint else 0} of {cfg.epochs}", flush=True)
-    return run_dataset(cfg, saved["dataset"], run_dir=run_dir, checkpoint=checkpoint)
+    return run_dataset(cfg, record["dataset"], resume_from=(run_dir, record, checkpoint))
+
+
+def _script_path(experiment: str) -> str:
+    """How to name ex_N.py in a command: relative when the repo is the current folder."""
+    path = os.path.join(REPO_ROOT, experiment + ".py")
+    return os.path.relpath(path) if os.path.abspath(os.getcwd()) == REPO_ROOT else path
 
 
 def model_summary(model: torch.nn.Module, image_size: int) -> str:

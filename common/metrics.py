@@ -1,6 +1,6 @@
 """Test metrics from logits: what test.json holds.
 
-AUC is macro one-vs-rest from predicted probabilities (the seed fed hard labels to
+AUC is macro one-vs-rest from predicted probabilities (the report fed hard labels to
 roc_auc_score, which measures something else). Accuracies are fractions in [0, 1].
 """
 from __future__ import annotations

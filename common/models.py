@@ -1,15 +1,13 @@
-"""The three model families of the seed report, built by name from a Config."""
+"""The three model families of the report, built by name from a Config."""
 from __future__ import annotations
 
 import os
-import urllib.error
+import re
 
 import torch
 import torch.nn as nn
 
-
-class WeightsError(Exception):
-    """Pretrained or local weights could not be used; printed as one line, exit 1."""
+from common.errors import UserError, first_line
 
 
 class TutorialCNN(nn.Module):
@@ -32,7 +30,7 @@ class TutorialCNN(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-class SeedCNN(nn.Module):
+class ThreeBlockCNN(nn.Module):
     """EX-2: three Conv3x3-BN-ReLU-MaxPool blocks (16, 32, 64) and an MLP of 1024 at 128 px.
 
     16,812,298 parameters for 10 classes, 16,904,548 for 100 (the Linear(16384, 1024) holds 16.8M).
@@ -75,14 +73,7 @@ def efficientnet_v2_s(num_classes: int, pretrained: bool, weights_path: str | No
         state = load_state_dict_file(weights_path)
     elif pretrained:
         url = url or pretrained_url()
-        try:
-            state = torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True, weights_only=True)
-        except (urllib.error.URLError, OSError, RuntimeError) as e:
-            reason = getattr(e, "reason", e)
-            raise WeightsError(
-                f"could not download the ImageNet weights from {url} ({reason}). Either pass "
-                f"--weights PATH with a local EfficientNetV2-S state dict (e.g. {os.path.basename(url)} "
-                f"copied from a machine with internet), or --no-pretrained to train from scratch") from None
+        state = load_state_dict_file(cached_weights(url))
     in_features = model.classifier[1].in_features
     if state is not None:
         head = {k: v for k, v in state.items() if k.startswith("classifier.")}
@@ -95,15 +86,35 @@ def efficientnet_v2_s(num_classes: int, pretrained: bool, weights_path: str | No
     return model
 
 
+def cached_weights(url: str) -> str:
+    """The file for `url` in torch's hub cache ($TORCH_HOME), downloaded once with a time-out.
+
+    torchvision's file names carry the first hex digits of their sha256 (…-dd5fe13b.pth), checked here.
+    """
+    from common.download import fetch
+
+    name = os.path.basename(url)
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", name)
+    if not os.path.isfile(path):
+        prefix = re.search(r"-([a-f0-9]{6,})\.", name)
+        try:
+            fetch(url, path, "sha256", prefix.group(1) if prefix else None, what="ImageNet weights")
+        except UserError as e:
+            raise UserError(f"{e}. Either pass --weights PATH with a local EfficientNetV2-S state dict (e.g. {name} "
+                            f"copied from a machine with internet), or --no-pretrained to train from scratch") from None
+    return path
+
+
 def load_state_dict_file(path: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise WeightsError(f"cannot load weights from {path}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"cannot load weights from {path}: {first_line(e)} (empty, truncated or not a torch "
+                        f"file)") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # one of our own checkpoints
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{path} is not a state dict of tensors")
+        raise UserError(f"{path} is not a state dict of tensors")
     return state
 
 
@@ -115,7 +126,7 @@ def _load_strict(model: nn.Module, state: dict, source: str) -> None:
              for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or wrong:
         detail = (wrong[:1] or [f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"])[0]
-        raise WeightsError(f"{source} does not fit EfficientNetV2-S ({len(missing)} missing, "
+        raise UserError(f"{source} does not fit EfficientNetV2-S ({len(missing)} missing, "
                            f"{len(unexpected)} unexpected, {len(wrong)} wrong-shaped keys; e.g. {detail})")
     model.load_state_dict(state)
 
@@ -123,8 +134,8 @@ def _load_strict(model: nn.Module, state: dict, source: str) -> None:
 def build_model(config, num_classes: int) -> nn.Module:
     if config.model == "tutorial_cnn":
         return TutorialCNN(num_classes)
-    if config.model == "seed_cnn":
-        return SeedCNN(num_classes, config.image_size)
+    if config.model == "three_block_cnn":
+        return ThreeBlockCNN(num_classes, config.image_size)
     if config.model == "efficientnet_v2_s":
         return efficientnet_v2_s(num_classes, config.pretrained, config.weights)
     raise ValueError(f"unknown model {config.model!r}")

@@ -109,3 +109,18 @@ def plot_calibration(probs, labels, ece: float, title: str, path: str, bins: int
     ax_count.set_ylabel("images")
     ax_count.margins(y=0.25)  # room for the count labels
     save_figure(fig, path)
+
+
+def test_figures(run_dir: str, data, probs, metrics: dict, tag: str, writer=None) -> None:
+    """confusion_matrix.png, errors.png and calibration.png from the test set's probabilities."""
+    import os
+
+    labels = data.test_y.numpy()
+    fig = confusion_figure(metrics["confusion_matrix"], data.classes,
+                           f"{tag}: test confusion (acc {metrics['accuracy']:.4f})")
+    if writer is not None:
+        writer.add_figure("test/confusion_matrix", fig, close=False)
+    save_figure(fig, os.path.join(run_dir, "confusion_matrix.png"))
+    plot_errors(data.test_x.numpy(), labels, probs, data.classes, f"{tag}: most confident test errors",
+                os.path.join(run_dir, "errors.png"))
+    plot_calibration(probs, labels, metrics["ece"], f"{tag}: reliability", os.path.join(run_dir, "calibration.png"))

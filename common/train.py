@@ -7,10 +7,8 @@ the device, so a GPU never waits for a .item() inside the loop.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
@@ -19,62 +17,7 @@ from tqdm import tqdm
 
 from common import distributed
 from common.augment import Preprocess, sample_crop_flip
-
-
-class TrainingError(Exception):
-    """Training cannot go on (e.g. the loss became NaN); printed as one line, exit 1."""
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise TrainingError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda asked for, but torch sees no CUDA GPU")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise TrainingError("--device mps asked for, but MPS is not available")
-    return device
-
-
-def request_huge_pages() -> None:
-    """Back CPU tensors of 2 MiB and more with transparent huge pages (call before the first one).
-
-    Each fresh large CPU tensor (a preprocessed batch, an activation) is otherwise faulted in
-    4 KiB page by 4 KiB page: on this repo's 2-core machine EX-2's training floor ran at 122
-    img/s that way against 169 with huge pages, its evaluation floor at 412 against 626
-    (benchmarks/throughput.py measures both ways). With huge pages a 64 MiB batch takes ~30x
-    fewer page faults. THP_MEM_ALLOC_ENABLE is torch's own
-    switch (c10/core/impl/alloc_cpu.cpp), read at the first CPU allocation; results do not
-    change. A value the user set wins: THP_MEM_ALLOC_ENABLE=0 turns it off.
-    """
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-
-
-def amp_dtype(device: torch.device, enabled: bool):
-    """bf16 autocast where the GPU supports it, fp16 (with a grad scaler) on older GPUs, none on CPU."""
-    if not enabled or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-# Measured by benchmarks/throughput.py on a 2-core x86 CPU: channels_last made SeedCNN's step 17%
-# faster and TutorialCNN's 13% slower; on CUDA it is the layout tensor cores want.
-CPU_CHANNELS_LAST_MODELS = {"seed_cnn"}
-
-
-def use_channels_last(device: torch.device, model_name: str) -> bool:
-    return device.type == "cuda" or (device.type == "cpu" and model_name in CPU_CHANNELS_LAST_MODELS)
-
-
-def autocast(device: torch.device, dtype):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+from common.devices import autocast
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -163,10 +106,10 @@ def _progress(total: int, desc: str):
 
 
 def train_one_epoch(model: nn.Module, optimizer, images: torch.Tensor, labels: torch.Tensor,
-                    indices: torch.Tensor, preprocess: Preprocess, batch_size: int,
-                    generator: torch.Generator, augment: bool, dtype=None, scaler=None,
-                    desc: str = "train") -> dict:
-    """One pass over `indices` (into the device-resident `images`), shuffled by `generator`."""
+                    indices: torch.Tensor, *, preprocess: Preprocess, batch_size: int, generator: torch.Generator,
+                    dtype=None, scaler=None, desc: str = "train") -> dict:
+    """One pass over `indices` (into the device-resident `images`), shuffled by `generator`;
+    random crops and flips when `preprocess.augment`."""
     model.train()
     device = images.device
     order = indices[torch.randperm(len(indices), generator=generator)].to(device)
@@ -178,7 +121,8 @@ def train_one_epoch(model: nn.Module, optimizer, images: torch.Tensor, labels: t
     steps = math.ceil(len(order) / batch_size)
     # The whole epoch's crops and flips in one draw and one copy to the device: a copy per step
     # from pageable memory would make the CPU wait for the GPU's queue to drain every step.
-    epoch_params = sample_crop_flip(len(order), preprocess.padding, generator).to(device) if augment else None
+    epoch_params = (sample_crop_flip(len(order), preprocess.padding, generator).to(device)
+                    if preprocess.augment else None)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen, x = 0, None
@@ -190,7 +134,7 @@ def train_one_epoch(model: nn.Module, optimizer, images: torch.Tensor, labels: t
             if len(idx) < 2:  # BatchNorm cannot train on a single image; at most one is dropped
                 continue
             # written over the previous batch, whose backward pass is done (autograd would object otherwise)
-            x = preprocess(images[idx], epoch_params[window] if augment else None, out=x)
+            x = preprocess(images[idx], epoch_params[window] if epoch_params is not None else None, out=x)
             y = labels[idx]
             with autocast(device, dtype):
                 logits = model(x)
@@ -207,14 +151,23 @@ def train_one_epoch(model: nn.Module, optimizer, images: torch.Tensor, labels: t
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(idx)
             bar.update()
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            _show_current_loss(bar, loss)
     totals = distributed.all_reduce_sum(torch.stack([loss_sum.float(), correct.float(),
                                                      torch.tensor(float(seen), device=device)]))
     loss_total, correct_total, seen = totals.tolist()  # .tolist() waits for the device
     seconds = time.perf_counter() - start
     return {"loss": loss_total / max(seen, 1), "accuracy": correct_total / max(seen, 1),
             "images": int(seen), "seconds": seconds}
+
+
+def _show_current_loss(bar, loss: torch.Tensor) -> None:
+    """The bar shows this step's loss whenever it redraws: .item() waits for the GPU, so only then
+    (tqdm redraws at most every mininterval seconds), not every step."""
+    if bar.disable:
+        return
+    if time.monotonic() - getattr(bar, "_loss_shown_at", 0.0) >= bar.mininterval:
+        bar._loss_shown_at = time.monotonic()
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
 
 
 @torch.inference_mode()
@@ -249,8 +202,9 @@ def predict(model: nn.Module, images: torch.Tensor, indices: torch.Tensor | None
 
 
 def evaluate(model, images, labels, indices, preprocess, batch_size, dtype=None, desc="val") -> dict:
+    """Loss and accuracy on `images[indices]` (the validation split), and the seconds it took."""
     start = time.perf_counter()
     logits = predict(model, images, indices, preprocess, batch_size, dtype, desc=desc)
     y = labels[indices].cpu() if indices is not None else labels.cpu()
     return {"loss": float(F.cross_entropy(logits, y)), "accuracy": float((logits.argmax(1) == y).float().mean()),
-            "seconds": time.perf_counter() - start, "logits": logits}
+            "seconds": time.perf_counter() - start}

@@ -38,7 +38,7 @@ def snapshot_files(root) -> dict:
 def smoke_data(tmp_path_factory):
     """A --data-dir whose synthetic/{small,tiny}/ folders hold the --smoke datasets in the official layouts."""
     from common.data import SPECS, make_synthetic
-    from common.experiment import SMOKE_SIZES
+    from common.config import SMOKE_SIZES
 
     root = tmp_path_factory.mktemp("data")
     for kind, sizes in SMOKE_SIZES.items():

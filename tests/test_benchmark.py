@@ -13,9 +13,9 @@ def test_throughput_benchmark_writes_ratios(tmp_path):
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     (row,) = json.load(open(out))["results"]
-    for key in ("floor", "ours", "seed_style", "eval_ours", "eval_floor", "floor_other_layout", "floor_small_pages",
+    for key in ("floor", "ours", "report_style", "eval_ours", "eval_floor", "floor_other_layout", "floor_small_pages",
                 "eval_floor_small_pages"):
         assert row[key] > 0, key
     assert row["ours_vs_floor"] == row["ours"] / row["floor"]
-    assert row["ours_vs_seed_style"] == row["ours"] / row["seed_style"]
+    assert row["ours_vs_report_style"] == row["ours"] / row["report_style"]
     assert "| ex_1 | 32 |" in result.stdout

@@ -101,9 +101,9 @@ def test_tensorboard_events_parse_with_tensorboards_reader(tb_tta_run):
     events = EventAccumulator(str(tb_tta_run), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     tags = events.Tags()
-    assert {"train/loss", "val/loss", "train/accuracy", "val/accuracy", "lr"} <= set(tags["scalars"])
+    assert {"loss/train", "loss/val", "accuracy/train", "accuracy/val", "lr"} <= set(tags["scalars"])
     history = json.load(open(tb_tta_run / "train.json"))["epochs"]
-    assert [e.value for e in events.Scalars("val/accuracy")] == pytest.approx([h["val_accuracy"] for h in history])
+    assert [e.value for e in events.Scalars("accuracy/val")] == pytest.approx([h["val_accuracy"] for h in history])
     assert "test/confusion_matrix" in tags["images"]
 
 
@@ -141,7 +141,8 @@ def test_errors_and_calibration_figures_and_ece(tb_tta_run):
 def test_missing_tensorboard_is_a_clear_error(monkeypatch):
     import builtins
 
-    from common.runlog import RunError, tensorboard_writer
+    from common.errors import UserError
+    from common.runlog import tensorboard_writer
 
     real_import = builtins.__import__
 
@@ -151,7 +152,7 @@ def test_missing_tensorboard_is_a_clear_error(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
-    with pytest.raises(RunError, match="pip install tensorboard"):
+    with pytest.raises(UserError, match="pip install tensorboard"):
         tensorboard_writer("/tmp")
 
 

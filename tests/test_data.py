@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from common.data import SPECS, DataError, load_cifar, make_synthetic, safe_unpickle, stratified_split
+from common.data import SPECS, load_cifar, make_synthetic, safe_unpickle, stratified_split
+from common.errors import UserError
 from tests.conftest import closed_port, run_script
 
 
@@ -63,7 +64,7 @@ def test_crafted_pickle_is_refused(tmp_path):
     path = tmp_path / "data_batch_1"
     with open(path, "wb") as f:
         pickle.dump({"data": _Exploit(), "labels": []}, f)
-    with pytest.raises(DataError, match="refused to load posix.system|refused to load os.system"):
+    with pytest.raises(UserError, match="refused to load posix.system|refused to load os.system"):
         safe_unpickle(str(path))
     assert not os.path.exists("/tmp/cifar_exploit_marker")
 
@@ -79,21 +80,19 @@ def test_offline_download_fails_with_one_clear_line(tmp_path):
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1
     assert mirror + "cifar-10-python.tar.gz" in error_lines[0]
+    assert "CIFAR_MIRROR" in error_lines[0] and "--smoke" in error_lines[0] and "unpack" in error_lines[0]
     assert str(tmp_path / "d" / "cifar-10-batches-py") in error_lines[0]
     assert not os.path.exists(tmp_path / "d" / "cifar-10-python.tar.gz")
 
 
-def test_wrong_md5_archive_is_deleted(tmp_path, monkeypatch):
-    import torchvision.datasets.utils as tv_utils
-
-    def fake_download(url, root, filename=None, md5=None):
-        with open(os.path.join(root, filename), "wb") as f:
-            f.write(b"not the real archive")
-
-    monkeypatch.setattr(tv_utils, "download_url", fake_download)
-    with pytest.raises(DataError, match="md5"):
-        load_cifar(SPECS["cifar10"], str(tmp_path))
-    assert not os.path.exists(tmp_path / "cifar-10-python.tar.gz")
+def test_wrong_md5_archive_is_not_kept(tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "cifar-10-python.tar.gz").write_bytes(b"not the real archive")
+    monkeypatch.setenv("CIFAR_MIRROR", str(mirror))  # a plain folder works as a mirror
+    with pytest.raises(UserError, match="md5"):
+        load_cifar(SPECS["cifar10"], str(tmp_path / "d"))
+    assert os.listdir(tmp_path / "d") == []  # no archive, no temp file, no dataset folder
 
 
 @pytest.mark.parametrize("damage,message", [
@@ -116,6 +115,17 @@ def test_damaged_data_files_give_clear_errors(tmp_path, damage, message):
             batch["labels"] = [12] * len(batch["labels"])
         with open(path, "wb") as f:
             pickle.dump(batch, f, protocol=2)
-    with pytest.raises(DataError, match=message) as info:
+    with pytest.raises(UserError, match=message) as info:
         load_cifar(spec, str(tmp_path), download=False)
     assert "data_batch_2" in str(info.value)
+
+
+def test_cifar100_reads_fine_labels_and_ignores_the_coarse_ones(tmp_path):
+    from common.data import safe_unpickle
+
+    root = make_synthetic(SPECS["cifar100"], str(tmp_path), 3, 1)
+    raw = safe_unpickle(os.path.join(root, "train"))
+    assert set(raw["coarse_labels"]) == set(range(20)) and set(raw["fine_labels"]) == set(range(100))
+    data = load_cifar(SPECS["cifar100"], str(tmp_path), download=False)
+    assert data.train_y.tolist() == list(raw["fine_labels"])
+    assert len(data.classes) == 100 and data.classes[0] == "class_000"

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from common.models import SeedCNN, TutorialCNN, count_parameters, efficientnet_v2_s
+from common.models import ThreeBlockCNN, TutorialCNN, count_parameters, efficientnet_v2_s
 
 
 @pytest.mark.parametrize("classes,expected", [(10, 50_326), (100, 266_416)])
@@ -12,8 +12,8 @@ def test_tutorial_cnn_parameters(classes, expected):
 
 
 @pytest.mark.parametrize("classes,expected", [(10, 16_812_298), (100, 16_904_548)])
-def test_seed_cnn_parameters(classes, expected):
-    model = SeedCNN(classes, 128)
+def test_three_block_cnn_parameters(classes, expected):
+    model = ThreeBlockCNN(classes, 128)
     assert count_parameters(model) == expected
     assert model(torch.zeros(2, 3, 128, 128)).shape == (2, classes)
 

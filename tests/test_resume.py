@@ -83,7 +83,7 @@ def test_ctrl_c_marks_interrupted_and_prints_resume_command(smoke_data, tmp_path
     assert f"--resume {run_dir}" in message and "Traceback" not in message
 
 
-@pytest.mark.parametrize("damage", ["not_a_run", "other_experiment", "truncated", "foreign"])
+@pytest.mark.parametrize("damage", ["not_a_run", "other_experiment", "truncated", "foreign", "complete"])
 def test_bad_resume_targets_are_refused(ex1_smoke_runs, tmp_path, damage):
     import shutil
 
@@ -91,11 +91,15 @@ def test_bad_resume_targets_are_refused(ex1_smoke_runs, tmp_path, damage):
     source = os.path.join(out, "cifar_10", os.listdir(os.path.join(out, "cifar_10"))[0])
     run_dir = str(tmp_path / "run")
     shutil.copytree(source, run_dir)
+    os.remove(os.path.join(run_dir, "test.json"))  # as if killed before testing: a run --resume would continue
     script, message = "ex_1.py", None
     if damage == "not_a_run":
         run_dir, message = str(tmp_path), "is not a run folder"
     elif damage == "other_experiment":
         script, message = "ex_2.py", "is a run of ex_1, not ex_2"
+    elif damage == "complete":
+        shutil.copy(os.path.join(source, "test.json"), run_dir)
+        message = "is complete (it has test.json)"
     elif damage == "truncated":
         blob = open(os.path.join(run_dir, "last.pth"), "rb").read()
         open(os.path.join(run_dir, "last.pth"), "wb").write(blob[: len(blob) // 3])
@@ -103,7 +107,7 @@ def test_bad_resume_targets_are_refused(ex1_smoke_runs, tmp_path, damage):
     else:
         import torch
         torch.save({"weights": torch.zeros(3)}, os.path.join(run_dir, "last.pth"))
-        message = "not a checkpoint written by this repo"
+        message = "not a checkpoint written by this version of the repo"
     before = snapshot_files(run_dir)
     result = run_script(script, "--resume", run_dir, timeout=60)
     assert result.returncode == 1, result.stderr

@@ -87,7 +87,7 @@ def test_recipes_match_the_seed_report():
 
 _FAULTS_SCRIPT = """
 import resource, torch
-from common.train import request_huge_pages
+from common.devices import request_huge_pages
 request_huge_pages()
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -5,7 +5,8 @@ import time
 import pytest
 import torch
 
-from common.models import WeightsError, efficientnet_v2_s
+from common.errors import UserError
+from common.models import efficientnet_v2_s
 from tests.conftest import closed_port, run_script
 
 
@@ -15,7 +16,7 @@ def test_offline_weights_stop_fast_and_name_both_ways_out(tmp_path, monkeypatch)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache
     url = f"http://127.0.0.1:{closed_port()}/efficientnet_v2_s-test.pth"
     start = time.perf_counter()
-    with pytest.raises(WeightsError) as info:
+    with pytest.raises(UserError) as info:
         efficientnet_v2_s(10, pretrained=True, url=url)
     assert time.perf_counter() - start < 10
     assert "--weights PATH" in str(info.value) and "--no-pretrained" in str(info.value) and url in str(info.value)
@@ -45,14 +46,14 @@ def test_weights_with_wrong_shapes_are_refused(tmp_path, imagenet_style_weights)
     state["features.0.0.weight"] = torch.zeros(16, 3, 3, 3)
     bad = tmp_path / "bad.pth"
     torch.save(state, bad)
-    with pytest.raises(WeightsError, match=r"does not fit EfficientNetV2-S .*features\.0\.0\.weight"):
+    with pytest.raises(UserError, match=r"does not fit EfficientNetV2-S .*features\.0\.0\.weight"):
         efficientnet_v2_s(10, pretrained=True, weights_path=str(bad))
 
 
 def test_cli_rejects_foreign_weights_with_one_line(tmp_path, smoke_data):
     foreign = tmp_path / "foreign.pth"
     torch.save({"conv.weight": torch.zeros(3, 3)}, foreign)
-    result = run_script("ex_3.py", "--weights", str(foreign), "--dataset", "cifar10", "--epochs", "1",
+    result = run_script("ex_3.py", "--weights", str(foreign), "--dataset", "cifar10", "--epochs", "1", "--batch-size", "32",
                         "--data-dir", os.path.join(smoke_data, "synthetic", "tiny"), "--out", str(tmp_path / "out"),
                         timeout=120)
     assert result.returncode == 1
@@ -64,7 +65,7 @@ def test_cli_rejects_foreign_weights_with_one_line(tmp_path, smoke_data):
 def test_cli_rejects_truncated_weights(tmp_path, smoke_data, imagenet_style_weights):
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(imagenet_style_weights.read_bytes()[:1000])
-    result = run_script("ex_4.py", "--weights", str(truncated), "--dataset", "cifar10", "--epochs", "1",
+    result = run_script("ex_4.py", "--weights", str(truncated), "--dataset", "cifar10", "--epochs", "1", "--batch-size", "32",
                         "--data-dir", os.path.join(smoke_data, "synthetic", "tiny"), "--out", str(tmp_path / "out"),
                         timeout=120)
     assert result.returncode == 1 and "cannot load weights" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,106 @@
+"""Where the work runs: device choice, mixed precision, memory layout, huge pages, a description.
+
+Small helpers that the training loop and the run folder share; the reasons live here, the
+measurements behind them in README's Performance section.
+"""
+from __future__ import annotations
+
+import os
+import platform
+from contextlib import nullcontext
+
+import torch
+
+from common.errors import UserError
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def check_device(name: str) -> str | None:
+    """None if `name` can train here, else why not (for a usage error before anything starts)."""
+    if name == "auto":
+        return None
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        return f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps"
+    if device.type not in DEVICE_TYPES:
+        return f"cannot train on {name!r}; use auto, cpu, cuda, cuda:N or mps"
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return f"{name} asked for, but torch sees no CUDA GPU"
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            return f"{name} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s)"
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        return "mps asked for, but MPS is not available"
+    return None
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    problem = check_device(name)
+    if problem:
+        raise UserError(problem)
+    return torch.device(name)
+
+
+def request_huge_pages() -> None:
+    """Back CPU tensors of 2 MiB and more with transparent huge pages (call before the first one).
+
+    Each fresh large CPU tensor (a preprocessed batch, an activation) is otherwise faulted in
+    4 KiB page by 4 KiB page, which costs the CPU pipeline a visible share of its speed (see
+    README, Performance). THP_MEM_ALLOC_ENABLE is torch's own switch
+    (c10/core/impl/alloc_cpu.cpp), read at the first CPU allocation; results do not change.
+    A value the user set wins: THP_MEM_ALLOC_ENABLE=0 turns it off.
+    """
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+
+def amp_dtype(device: torch.device, enabled: bool):
+    """bf16 autocast where the GPU supports it, fp16 (with a grad scaler) on older GPUs, none on CPU."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, dtype):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+# channels_last is the layout tensor cores want on CUDA; on a CPU the benchmark found it faster
+# for the 3-block CNN's 3x3 convolutions and slower for the tutorial CNN's 5x5 ones.
+CPU_CHANNELS_LAST_MODELS = {"three_block_cnn"}
+
+
+def use_channels_last(device: torch.device, model_name: str) -> bool:
+    return device.type == "cuda" or (device.type == "cpu" and model_name in CPU_CHANNELS_LAST_MODELS)
+
+
+def memory_format(channels_last: bool):
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def cpu_model() -> str:
+    """The processor's name: bit-for-bit reproducibility on a CPU holds only on the same model."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def describe(device: torch.device) -> str:
+    """'NVIDIA H100 80GB HBM3 (cuda:0)' or 'CPU AMD EPYC, 2 threads': the header's first words."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} ({device})"
+    if device.type == "cpu":
+        return f"CPU {cpu_model()}, {torch.get_num_threads()} threads"
+    return str(device)
