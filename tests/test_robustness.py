@@ -274,39 +274,47 @@ def test_resume_refuses_flags_it_cannot_honour(interrupted_run, tmp_path):
 
 # --- 5. disks ---------------------------------------------------------------------------------------
 
-def _in_small_mount(tmp_path, size, read_only, *args):
-    """Run ex_1.py with --out on a tmpfs of `size` (read-only if asked), in a private mount namespace."""
-    mount = tmp_path / "mnt"
-    mount.mkdir()
-    remount = f"mount -o remount,ro {mount} && " if read_only else ""
-    command = (f"mount -t tmpfs -o size={size} tmpfs {mount} && {remount}"
-               f"exec {sys.executable} {os.path.join(REPO, 'ex_1.py')} {' '.join(args)} --out {mount}/out; ")
-    result = subprocess.run(["unshare", "-rm", "sh", "-c", command + f"echo; ls -aR {mount}"], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
-    return result
+def _on_tmpfs(mount, size: str, read_only: bool, command: str) -> subprocess.CompletedProcess:
+    """Run `command` with a tmpfs of `size` (read-only if asked) at `mount`, in a private mount namespace."""
+    os.makedirs(mount, exist_ok=True)
+    setup = f"mount -t tmpfs -o size={size} tmpfs {mount} && "
+    if read_only:
+        setup += f"mount -o remount,ro {mount} && "
+    return subprocess.run(["unshare", "-rm", "sh", "-c", setup + command], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
 
 
 def test_a_read_only_out_folder_is_one_line_with_erofs(tmp_path, smoke_data):
-    result = _in_small_mount(tmp_path, "1m", True, *SMOKE, "--data-dir", smoke_data)
+    mount = tmp_path / "mnt"
+    result = _on_tmpfs(mount, "1m", True, f"{sys.executable} {os.path.join(REPO, 'ex_1.py')} {' '.join(SMOKE)} "
+                                          f"--data-dir {smoke_data} --out {mount}/out")
     assert result.returncode == 1
     _one_error_line(result, "EROFS", "out")
 
 
 def test_a_full_out_disk_is_one_line_with_enospc_in_train_json_too(tmp_path, smoke_data):
     # 600 KiB: config.json and the epoch-0 checkpoint fit, the PNGs and later checkpoints do not
-    result = subprocess.run(
-        ["unshare", "-rm", "sh", "-c",
-         f"mkdir -p {tmp_path}/mnt && mount -t tmpfs -o size=600k tmpfs {tmp_path}/mnt && "
-         f"{sys.executable} {os.path.join(REPO, 'ex_1.py')} {' '.join(SMOKE)} --data-dir {smoke_data} "
-         f"--out {tmp_path}/mnt/out; code=$?; "
-         f"cat {tmp_path}/mnt/out/cifar_10/*/train.json > {tmp_path}/train.json; "
-         f"find {tmp_path}/mnt -name '*.tmp' > {tmp_path}/temps.txt; exit $code"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = _on_tmpfs(tmp_path / "mnt", "600k", False,
+                       f"{sys.executable} {os.path.join(REPO, 'ex_1.py')} {' '.join(SMOKE)} --data-dir {smoke_data} "
+                       f"--out {tmp_path}/mnt/out; code=$?; "
+                       f"cat {tmp_path}/mnt/out/cifar_10/*/train.json > {tmp_path}/train.json; "
+                       f"find {tmp_path}/mnt -name '*.tmp' > {tmp_path}/temps.txt; exit $code")
     assert result.returncode == 1, result.stderr[-2000:]
     _one_error_line(result, "ENOSPC", f"{tmp_path}/mnt/out/cifar_10/")
     train = json.load(open(tmp_path / "train.json"))
     assert train["status"] == "failed" and "ENOSPC" in train["error"]
     assert (tmp_path / "temps.txt").read_text() == ""
+
+
+def test_a_read_only_data_dir_is_one_line_with_erofs(tmp_path):
+    from tests.conftest import closed_port
+
+    mount = tmp_path / "mnt"
+    result = _on_tmpfs(mount, "1m", True, f"CIFAR_MIRROR=http://127.0.0.1:{closed_port()}/ {sys.executable} "
+                                          f"{os.path.join(REPO, 'ex_1.py')} --dataset cifar10 --data-dir {mount} "
+                                          f"--out {tmp_path}/out")
+    assert result.returncode == 1
+    _one_error_line(result, "EROFS", str(mount))
 
 
 def test_an_unwritable_data_dir_is_one_line(tmp_path):
