@@ -191,6 +191,8 @@ def summarize(runs: list) -> dict:
             "test_time_s": _mean_std([r["test"]["test_time_s"] for r in members], 2),
             "parameters": first.get("parameters"),
         })
+    for rows in table.values():  # per experiment: the script's own recipe first, then longer runs first
+        rows.sort(key=lambda r: (r["experiment"], r["changes"] != "—", -r["epochs"]))
     return table
 
 
