@@ -198,15 +198,11 @@ def _seed_list(text: str) -> tuple:
     return seeds
 
 
-def _int_text(text: str) -> int:
-    return int(text)
-
-
 def build_parser(config: Config, description: str) -> argparse.ArgumentParser:
     """Every flag defaults to 'not given' (SUPPRESS); the help shows the recipe's value."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 argument_default=argparse.SUPPRESS)
-    number = {name: _flag_type(RULES[name], _int_text if isinstance(getattr(config, name), int) else float)
+    number = {name: _flag_type(RULES[name], int if isinstance(getattr(config, name), int) else float)
               for name in ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "seed", "save_every")}
     add = p.add_argument
     add("--dataset", choices=DATASETS + ("all",),

@@ -147,10 +147,14 @@ def load_cifar(spec: DatasetSpec, data_dir: str, download: bool = True) -> Cifar
 
 def fingerprint(spec: DatasetSpec, data_dir: str) -> str:
     """sha256 of the test file: tells the official archive, the JPEG copy and synthetic data apart."""
+    return file_digest(os.path.join(data_dir, spec.folder, spec.test_files[0]), "sha256")
+
+
+def file_digest(path: str, algorithm: str) -> str:
     import hashlib
 
-    digest = hashlib.sha256()
-    with open(os.path.join(data_dir, spec.folder, spec.test_files[0]), "rb") as f:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -167,7 +171,7 @@ def download_archive(spec: DatasetSpec, data_dir: str) -> None:
 
     url = spec.url()
     archive = os.path.join(data_dir, spec.archive)
-    if not _md5_matches(archive, spec.md5):
+    if not (os.path.isfile(archive) and file_digest(archive, "md5") == spec.md5):
         print(f"{spec.name} is not in {os.path.abspath(data_dir)}: downloading {url}", flush=True)
         try:
             fetch(url, archive, "md5", spec.md5, what=f"{spec.name} archive")
@@ -177,18 +181,6 @@ def download_archive(spec: DatasetSpec, data_dir: str) -> None:
                             f"{MIRROR_ENV} to a folder or URL that holds it, or try the script offline with "
                             f"--smoke") from None
     _unpack(archive, data_dir, spec)
-
-
-def _md5_matches(path: str, md5: str) -> bool:
-    import hashlib
-
-    if not os.path.isfile(path):
-        return False
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest() == md5
 
 
 def _unpack(archive: str, data_dir: str, spec: DatasetSpec) -> None:

@@ -152,6 +152,8 @@ def run_dataset(cfg: Config, name: str, recipe: Config | None = None, resume_fro
                           os.path.join(run_dir, "accuracy.png"))
     distributed.barrier()  # best.pth is on disk for every process
     test_best_checkpoint(cfg, run_dir, model, data, preprocess, dtype, tag, writer)
+    if writer is not None:
+        writer.close()
     print(f"done: {run_dir}", flush=True)
     return run_dir
 
@@ -171,8 +173,7 @@ def _open_run_folder(cfg, recipe, name, state, resume_from, data, split, device,
     if resume_from is not None:
         run_dir, record, checkpoint = resume_from
         if checkpoint is not None:  # checked and loaded before anything in the folder changes
-            runlog.restore_training_state(os.path.join(run_dir, "last.pth"), checkpoint, state, cfg.experiment, name,
-                                          cfg.epochs)
+            runlog.restore_training_state(os.path.join(run_dir, "last.pth"), checkpoint, state)
         if distributed.is_main():
             runlog.remove_stale_temp_files(run_dir)
             runlog.record_resume(run_dir, record, len(state.history), REPO_ROOT)
@@ -273,7 +274,6 @@ def write_hparams(writer, cfg: Config, result: dict) -> None:
     hparams = {k: getattr(cfg, k) for k in HPARAM_FIELDS}
     metrics = {f"hparams/test_{k}": result[k] for k in ("accuracy", "loss", "f1", "top5_accuracy")}
     writer.add_hparams(hparams, metrics, run_name=".")
-    writer.close()
 
 
 def resume(cli: Config) -> str:
@@ -288,11 +288,12 @@ def resume(cli: Config) -> str:
     last = os.path.join(run_dir, "last.pth")
     # Killed before its first checkpoint: start over in the same folder.
     checkpoint = runlog.load_checkpoint(last) if os.path.exists(last) else None
-    if checkpoint is not None:
+    if checkpoint is not None:  # before the data is loaded: a damaged last.pth fails in a second
         runlog.check_training_state(last, checkpoint, cfg.experiment, record["dataset"], cfg.epochs)
     runlog.check_writable(run_dir)
     cfg = dataclasses.replace(cfg, device=cli.device if cli.device != "auto" else cfg.device)
-    print(f"resuming {run_dir} after epoch {checkpoint['epoch'] if checkpoint else 0} of {cfg.epochs}", flush=True)
+    print(f"resuming {run_dir} from {'last.pth' if checkpoint else 'the start'} ({cfg.epochs} epochs planned)",
+          flush=True)
     return run_dataset(cfg, record["dataset"], resume_from=(run_dir, record, checkpoint))
 
 

@@ -295,10 +295,9 @@ def save_training_state(run_dir: str, state: TrainingState, experiment: str, dat
         history=state.history, best=state.best))
 
 
-def restore_training_state(path: str, checkpoint: dict, state: TrainingState, experiment: str, dataset: str,
-                           epochs: int) -> None:
-    """Load last.pth into `state`, after checking that it fits (else a UserError, nothing changed)."""
-    check_training_state(path, checkpoint, experiment, dataset, epochs)
+def restore_training_state(path: str, checkpoint: dict, state: TrainingState) -> None:
+    """Load a last.pth that passed check_training_state into `state`; shapes that do not fit are a
+    UserError before anything in the run folder changes."""
     load_into(state.model, checkpoint["model"], path, "model")
     load_into(state.optimizer, checkpoint["optimizer"], path, "optimizer state")
     load_into(state.scheduler, checkpoint["scheduler"], path, "scheduler state")

@@ -1,3 +1,4 @@
+import json
 import os
 import socket
 import subprocess
@@ -54,3 +55,30 @@ def ex1_smoke_runs(smoke_data, tmp_path_factory):
     result = run_script("ex_1.py", "--smoke", "--data-dir", smoke_data, "--out", str(out), "--save-every", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
+
+
+# A 3-epoch smoke run of EX-1 (CIFAR-10): the kill-and-resume tests compare against it.
+ARGS = ["--smoke", "--dataset", "cifar10", "--epochs", "3", "--batch-size", "16", "--save-every", "0"]
+TIMING_KEYS = {"epoch_time_s", "train_time_s", "images_per_s", "test_time_s"}
+
+
+def run_metrics(run_dir):
+    """Everything a run folder reports except timings: equal for a resumed and an uninterrupted run."""
+    train = json.load(open(os.path.join(run_dir, "train.json")))
+    test = json.load(open(os.path.join(run_dir, "test.json")))
+    epochs = [{k: v for k, v in e.items() if k not in TIMING_KEYS} for e in train["epochs"]]
+    return (train["status"], train["best_epoch"], train["best_val_accuracy"], epochs,
+            {k: v for k, v in test.items() if k not in TIMING_KEYS})
+
+
+def only_run(out, folder="cifar_10"):
+    (stamp,) = os.listdir(os.path.join(out, folder))
+    return os.path.join(out, folder, stamp)
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(smoke_data, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("straight"))
+    result = run_script("ex_1.py", *ARGS, "--data-dir", smoke_data, "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return run_metrics(only_run(out))

@@ -8,31 +8,9 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, run_script, snapshot_files
-
-ARGS = ["--smoke", "--dataset", "cifar10", "--epochs", "3", "--batch-size", "16", "--save-every", "0"]
-TIMING_KEYS = {"epoch_time_s", "train_time_s", "images_per_s", "test_time_s"}
-
-
-def _metrics(run_dir):
-    train = json.load(open(os.path.join(run_dir, "train.json")))
-    test = json.load(open(os.path.join(run_dir, "test.json")))
-    epochs = [{k: v for k, v in e.items() if k not in TIMING_KEYS} for e in train["epochs"]]
-    return (train["status"], train["best_epoch"], train["best_val_accuracy"], epochs,
-            {k: v for k, v in test.items() if k not in TIMING_KEYS})
-
-
-def _only_run(out):
-    (stamp,) = os.listdir(os.path.join(out, "cifar_10"))
-    return os.path.join(out, "cifar_10", stamp)
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(smoke_data, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("straight"))
-    result = run_script("ex_1.py", *ARGS, "--data-dir", smoke_data, "--out", out)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return _metrics(_only_run(out))
+from tests.conftest import ARGS, REPO, run_script, snapshot_files
+from tests.conftest import only_run as _only_run
+from tests.conftest import run_metrics as _metrics
 
 
 def _start(smoke_data, out):

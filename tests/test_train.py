@@ -118,3 +118,36 @@ def test_huge_pages_cut_the_page_faults_of_each_new_batch():
         faults[setting] = int(subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], cwd=REPO, env=env,
                                              capture_output=True, text=True, check=True).stdout.split()[-1])
     assert faults["0"] > 16000 and faults["1"] < 2000, faults
+
+
+def test_progress_bar_shows_the_loss_of_the_step_it_redraws_at(monkeypatch):
+    """The bar's loss is this step's whenever the bar redraws (here: every step), not 50 steps old."""
+    import io
+
+    from tqdm import tqdm
+
+    from common import train
+    from common.augment import Preprocess
+    from common.models import TutorialCNN
+
+    bars = []
+
+    def progress(total, desc):
+        bars.append(tqdm(total=total, desc=desc, file=io.StringIO(), mininterval=0))
+        return bars[-1]
+
+    monkeypatch.setattr(train, "_progress", progress)
+    shown = []
+    monkeypatch.setattr(tqdm, "set_postfix", lambda self, refresh=True, **kw: shown.append(kw["loss"]))
+    losses = []
+    real_cross_entropy = train.F.cross_entropy
+    monkeypatch.setattr(train.F, "cross_entropy", lambda *a, **k: losses.append(real_cross_entropy(*a, **k))
+                        or losses[-1])
+    torch.manual_seed(0)
+    model = TutorialCNN(10)
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(40) % 10
+    train.train_one_epoch(model, torch.optim.SGD(model.parameters(), lr=0.01), images, labels, torch.arange(40),
+                          preprocess=Preprocess(32, (0.5,) * 3, (0.5,) * 3, 4, "cpu"), batch_size=10,
+                          generator=torch.Generator().manual_seed(0))
+    assert shown == [f"{loss.item():.3f}" for loss in losses] and len(shown) == 4
