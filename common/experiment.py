@@ -210,7 +210,8 @@ def print_header(cfg: Config, name: str, device, split: dict, parameters: int, r
     print(f"{cfg.experiment} on {name}, seed {cfg.seed} | {describe(device)}\n"
           f"  data:   {split['train']:,} train / {split['val']:,} validation / {split['test']:,} test images"
           f"{' (synthetic, --smoke)' if cfg.smoke else ''}\n"
-          f"  recipe: {cfg.model} ({parameters:,} parameters), {cfg.epochs} epochs, batch {cfg.batch_size}, "
+          f"  recipe: {cfg.model} ({parameters:,} parameters), {cfg.epochs} epoch{'s' * (cfg.epochs != 1)}, "
+          f"batch {cfg.batch_size}, "
           f"{cfg.optimizer} lr {cfg.lr:g} weight decay {cfg.weight_decay:g}, schedule {schedule}, "
           f"{cfg.image_size} px, augmentation {cfg.augment}\n"
           f"  run folder: {run_dir}", flush=True)
