@@ -268,15 +268,15 @@ def resolve(recipe: Config, description: str, argv: list[str] | None, repo_root:
                          f"start a new run to change them")
         return dataclasses.replace(recipe, **given)  # the saved config is read by experiment.resume
     cfg = dataclasses.replace(recipe, **given)
+    cfg = dataclasses.replace(cfg, data_dir=cfg.data_dir or os.path.join(repo_root, "data"),
+                              out=cfg.out or os.path.join(repo_root, cfg.experiment + ("_smoke" if cfg.smoke else "")))
     if cfg.smoke:  # offline by construction: synthetic data, no download of weights; every file written
         cfg = dataclasses.replace(
             cfg, pretrained=False, weights=None, epochs=given.get("epochs", SMOKE_EPOCHS),
             batch_size=given.get("batch_size", SMOKE_BATCH), save_every=given.get("save_every", SMOKE_SAVE_EVERY),
-            data_dir=os.path.join(cfg.data_dir or os.path.join(repo_root, "data"), "synthetic", smoke_kind(cfg.model)))
+            data_dir=os.path.join(cfg.data_dir, "synthetic", smoke_kind(cfg.model)))
     _check_combination(parser, cfg)
-    return dataclasses.replace(
-        cfg, data_dir=cfg.data_dir or os.path.join(repo_root, "data"),
-        out=cfg.out or os.path.join(repo_root, cfg.experiment + ("_smoke" if cfg.smoke else "")))
+    return cfg
 
 
 def _check_combination(parser: argparse.ArgumentParser, cfg: Config) -> None:

@@ -16,6 +16,10 @@ from common.errors import UserError
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
 def check_device(name: str) -> str | None:
     """None if `name` can train here, else why not (for a usage error before anything starts)."""
     if name == "auto":
@@ -31,7 +35,7 @@ def check_device(name: str) -> str | None:
             return f"{name} asked for, but torch sees no CUDA GPU"
         if device.index is not None and device.index >= torch.cuda.device_count():
             return f"{name} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s)"
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if device.type == "mps" and not _mps_available():
         return "mps asked for, but MPS is not available"
     return None
 
@@ -40,7 +44,7 @@ def select_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     problem = check_device(name)
