@@ -251,9 +251,11 @@ def test_best_checkpoint(cfg, run_dir, model, data: CifarData, preprocess, dtype
         tta = classification_metrics(((probs + torch.softmax(flipped, 1)) / 2).log(), data.test_y, data.classes)
         result["tta"] = {"method": "mean softmax of identity and horizontal flip",
                          **{k: tta[k] for k in ("accuracy", "loss", "top5_accuracy", "precision", "recall", "f1",
-                                                "auc", "ece")}}
+                                                "auc", "auc_hard_labels", "ece")}}
     if not distributed.is_main():
         return result
+    runlog.write_predictions(os.path.join(run_dir, "predictions.npz"), probs.numpy(), data.test_y.numpy(),
+                             probs.argmax(1).numpy())
     runlog.write_json(os.path.join(run_dir, "test.json"), result)
     plots.test_figures(run_dir, data, probs.numpy(), metrics, tag, writer)
     if writer is not None:

@@ -1,7 +1,10 @@
 """Test metrics from logits: what test.json holds.
 
-AUC is macro one-vs-rest from predicted probabilities (the report fed hard labels to
-roc_auc_score, which measures something else). Accuracies are fractions in [0, 1].
+`auc` is macro one-vs-rest from predicted probabilities. The report fed hard (one-hot)
+predicted labels to roc_auc_score, which measures something else: for each class the ROC
+curve then has one corner (1 - specificity, recall), so its area is (recall + specificity) / 2;
+that figure is kept as `auc_hard_labels`, to compare with the report's. Accuracies are
+fractions in [0, 1].
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, class_nam
                                                                zero_division=0)
     p_c, r_c, f_c, s_c = precision_recall_fscore_support(y, pred, labels=range(k), average=None,
                                                          zero_division=0)
+    confusion = confusion_matrix(y, pred, labels=range(k))  # rows: true, columns: predicted
     present = np.unique(y)
     if len(present) == k:
         auc = roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=range(k))
@@ -35,12 +39,29 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, class_nam
         "recall": float(recall),
         "f1": float(f1),
         "auc": float(auc),
+        "auc_hard_labels": hard_label_auc(confusion),
         "ece": expected_calibration_error(probs, y),
         "num_images": int(len(y)),
         "per_class": {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
                       for name, p, r, f, s in zip(class_names, p_c, r_c, f_c, s_c)},
-        "confusion_matrix": confusion_matrix(y, pred, labels=range(k)).tolist(),  # rows: true, cols: predicted
+        "confusion_matrix": confusion.tolist(),
     }
+
+
+def hard_label_auc(confusion) -> float:
+    """Macro mean over classes of (recall + specificity) / 2, from a confusion matrix (rows true):
+    what roc_auc_score(y, one_hot(predicted), multi_class="ovr") gives. NaN if a class has no image."""
+    counts = np.asarray(confusion, dtype=np.float64)
+    total = counts.sum()
+    true_pos = np.diag(counts)
+    actual = counts.sum(1)
+    predicted = counts.sum(0)
+    negatives = total - actual
+    if (actual == 0).any() or (negatives == 0).any():
+        return float("nan")
+    recall = true_pos / actual
+    specificity = (negatives - (predicted - true_pos)) / negatives
+    return float(np.mean((recall + specificity) / 2))
 
 
 def calibration_bins(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> list:

@@ -92,6 +92,16 @@ def write_text(path: str, text: str) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
+def write_predictions(path: str, probabilities, labels, predicted) -> None:
+    """predictions.npz: the test set's class probabilities (float16, N x K), true labels and the
+    predicted class (argmax of the float32 probabilities: float16 can tie two classes), so
+    paired tests and re-checks need no checkpoint."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, probabilities=np.asarray(probabilities, dtype=np.float16),
+                        labels=np.asarray(labels, dtype=np.int64), predicted=np.asarray(predicted, dtype=np.int64))
+    atomic_write_bytes(path, lambda f: f.write(buffer.getbuffer()))
+
+
 def create_run_dir(root: str) -> str:
     """root/<YYYY-MM-DD_HH-MM-SS>[_N]: mkdir is atomic, so concurrent runs never share one."""
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")

@@ -54,3 +54,42 @@ def test_ece_is_zero_when_calibrated_and_large_when_overconfident():
     assert expected_calibration_error(probs, np.array([0, 1, 0, 1])) == pytest.approx(0.0, abs=0.01)
     probs = np.array([[0.99, 0.01]] * 4)
     assert expected_calibration_error(probs, np.array([1, 1, 1, 1])) == pytest.approx(0.99)
+
+
+def test_hard_label_auc_is_sklearns_auc_of_one_hot_predictions_and_recall_plus_specificity():
+    from common.metrics import hard_label_auc
+    from sklearn.metrics import confusion_matrix
+
+    rng = np.random.default_rng(2)
+    k, n = 5, 600
+    y = rng.integers(0, k, n)
+    pred = np.where(rng.random(n) < 0.6, y, rng.integers(0, k, n))
+    cm = confusion_matrix(y, pred, labels=range(k))
+    ours = hard_label_auc(cm)
+    assert ours == pytest.approx(roc_auc_score(y, np.eye(k)[pred], multi_class="ovr", average="macro"), abs=1e-12)
+    by_hand = []
+    for c in range(k):
+        tp, fn, fp = cm[c, c], cm[c].sum() - cm[c, c], cm[:, c].sum() - cm[c, c]
+        tn = n - tp - fn - fp
+        by_hand.append((tp / (tp + fn) + tn / (tn + fp)) / 2)
+    assert ours == pytest.approx(np.mean(by_hand), abs=1e-12)
+    m = classification_metrics(torch.tensor(np.eye(k)[pred] * 3.0, dtype=torch.float32), torch.tensor(y), list("abcde"))
+    assert m["auc_hard_labels"] == pytest.approx(ours)
+
+
+@pytest.mark.parametrize("accuracy,classes,report_auc", [(0.7224, 10, 0.8458), (0.3465, 100, 0.6699)])
+def test_hard_label_auc_gives_the_reports_figures_from_its_accuracies(accuracy, classes, report_auc):
+    """On a balanced test set whose errors spread evenly, (recall + specificity) / 2 depends on the
+    accuracy alone: (acc + 1 - (1 - acc) / (K - 1)) / 2; the report's AUCs follow from its accuracies."""
+    from common.metrics import hard_label_auc
+
+    per_class = 1000 if classes == 10 else 100  # CIFAR's test sets
+    correct = accuracy * per_class  # fractional counts: the mean over many such test sets
+    cm = np.zeros((classes, classes))
+    for c in range(classes):
+        cm[c, c] = correct
+        others = [o for o in range(classes) if o != c]
+        cm[c, others] = (per_class - correct) / (classes - 1)  # errors spread evenly (fractional counts)
+    expected = (accuracy + 1 - (1 - accuracy) / (classes - 1)) / 2
+    assert hard_label_auc(cm) == pytest.approx(expected, abs=1e-9)
+    assert round(hard_label_auc(cm), 4) == report_auc

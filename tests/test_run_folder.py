@@ -7,7 +7,7 @@ import pytest
 import torch
 
 RUN_FILES = {"config.json", "train.json", "test.json", "loss.png", "accuracy.png", "confusion_matrix.png",
-             "best.pth", "last.pth", "epoch-1.pth", "epoch-2.pth", "model_summary.txt"}
+             "best.pth", "last.pth", "epoch-1.pth", "epoch-2.pth", "model_summary.txt", "predictions.npz"}
 EPOCH_KEYS = {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s",
               "images_per_s", "train_time_s", "train_images"}
 
@@ -91,3 +91,24 @@ def test_last_pth_holds_the_training_state(ex1_smoke_runs):
     assert last["epoch"] == 2 and len(last["history"]) == 2
     best = torch.load(run / "best.pth", weights_only=True)
     assert best["epoch"] == json.load(open(run / "train.json"))["best_epoch"]
+
+
+@pytest.mark.parametrize("folder,classes", [("cifar_10", 10), ("cifar_100", 100)])
+def test_predictions_npz_holds_the_test_probabilities_behind_test_json(ex1_smoke_runs, folder, classes):
+    import numpy as np
+
+    out, _ = ex1_smoke_runs
+    run = _runs(out)[folder]
+    test = json.load(open(run / "test.json"))
+    with np.load(run / "predictions.npz") as kept:
+        probs, labels, predicted = kept["probabilities"], kept["labels"], kept["predicted"]
+    assert probs.dtype == np.float16 and probs.shape == (test["num_images"], classes)
+    assert np.allclose(probs.astype(np.float64).sum(1), 1, atol=5e-3)
+    assert float((predicted == labels).mean()) == test["accuracy"]
+    confusion = np.zeros((classes, classes), dtype=int)
+    np.add.at(confusion, (labels, predicted), 1)
+    assert confusion.tolist() == test["confusion_matrix"]
+    # the stored argmax is the float32 one; float16 rounding may only tie it, never reorder it
+    argmax = probs.argmax(1)
+    differ = argmax != predicted
+    assert np.all(probs[differ, argmax[differ]] == probs[differ, predicted[differ]])
