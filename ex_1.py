@@ -17,11 +17,10 @@ Expected: the report got 72.24% / 34.65% test accuracy (CIFAR-10 / CIFAR-100) wi
 best epochs 13 and 6: it overfits early. What this repo measured is in README's results
 table (generated from the run folders under results/ex_1/).
 """
-from common.config import Config
-from common.experiment import main
+from common.config import Recipe
+from common.launch import main
 
-CONFIG = Config(
-    experiment="ex_1",
+RECIPE = Recipe(
     model="tutorial_cnn",
     epochs=50,
     batch_size=128,
@@ -31,9 +30,7 @@ CONFIG = Config(
     scheduler="none",
     image_size=32,
     augment="none",
-    mean=(0.5, 0.5, 0.5),
-    std=(0.5, 0.5, 0.5),
 )
 
 if __name__ == "__main__":
-    main(CONFIG, __doc__)
+    main(RECIPE, __doc__, __file__)

@@ -27,11 +27,10 @@ Run:
 Expected: the report got 79.12% / 48.84% (CIFAR-10 / CIFAR-100) after 100 epochs on an RTX
 3050. See README's results table for what this repo has measured (results/ex_2/).
 """
-from common.config import Config
-from common.experiment import main
+from common.config import Recipe
+from common.launch import main
 
-CONFIG = Config(
-    experiment="ex_2",
+RECIPE = Recipe(
     model="three_block_cnn",
     epochs=100,
     batch_size=128,
@@ -41,9 +40,7 @@ CONFIG = Config(
     scheduler="cosine",
     image_size=128,
     augment="crop_flip",
-    mean=(0.5, 0.5, 0.5),
-    std=(0.5, 0.5, 0.5),
 )
 
 if __name__ == "__main__":
-    main(CONFIG, __doc__)
+    main(RECIPE, __doc__, __file__)

@@ -25,11 +25,10 @@ Run:
 Expected: the report got 86.00% / 61.20% (CIFAR-10 / CIFAR-100). Needs a GPU for the
 full run; see README for what was measured here.
 """
-from common.config import IMAGENET_MEAN_STD, Config
-from common.experiment import main
+from common.config import Recipe
+from common.launch import main
 
-CONFIG = Config(
-    experiment="ex_3",
+RECIPE = Recipe(
     model="efficientnet_v2_s",
     pretrained=True,
     epochs=40,
@@ -40,9 +39,7 @@ CONFIG = Config(
     scheduler="none",
     image_size=32,
     augment="none",
-    mean=IMAGENET_MEAN_STD[0],
-    std=IMAGENET_MEAN_STD[1],
 )
 
 if __name__ == "__main__":
-    main(CONFIG, __doc__)
+    main(RECIPE, __doc__, __file__)

@@ -18,11 +18,10 @@ Run:
 Expected: the report got 96.24% / 83.80% (CIFAR-10 / CIFAR-100) in 2906 s per dataset on an
 RTX 3050. Needs a GPU and the ImageNet weights; README says what was measured here.
 """
-from common.config import IMAGENET_MEAN_STD, Config
-from common.experiment import main
+from common.config import Recipe
+from common.launch import main
 
-CONFIG = Config(
-    experiment="ex_4",
+RECIPE = Recipe(
     model="efficientnet_v2_s",
     pretrained=True,
     epochs=15,
@@ -33,9 +32,7 @@ CONFIG = Config(
     scheduler="cosine",
     image_size=128,
     augment="crop_flip",
-    mean=IMAGENET_MEAN_STD[0],
-    std=IMAGENET_MEAN_STD[1],
 )
 
 if __name__ == "__main__":
-    main(CONFIG, __doc__)
+    main(RECIPE, __doc__, __file__)

@@ -25,11 +25,10 @@ Run:
 Expected: the report got 96.14% / 83.07% (CIFAR-10 / CIFAR-100), no better than EX-4 at
 twice the cost. Needs a GPU; see README for what was measured here.
 """
-from common.config import IMAGENET_MEAN_STD, Config
-from common.experiment import main
+from common.config import Recipe
+from common.launch import main
 
-CONFIG = Config(
-    experiment="ex_5",
+RECIPE = Recipe(
     model="efficientnet_v2_s",
     pretrained=True,
     epochs=30,
@@ -40,9 +39,7 @@ CONFIG = Config(
     scheduler="cosine",
     image_size=128,
     augment="crop_flip",
-    mean=IMAGENET_MEAN_STD[0],
-    std=IMAGENET_MEAN_STD[1],
 )
 
 if __name__ == "__main__":
-    main(CONFIG, __doc__)
+    main(RECIPE, __doc__, __file__)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import importlib
 import json
 import os
 import platform
@@ -31,15 +30,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # python benchmarks/throughput.py
 
-from common import runlog  # noqa: E402
-from common.augment import Preprocess, crop_flip, resize_like_pil, sample_crop_flip  # noqa: E402
-from common.models import build_model  # noqa: E402
-from common.devices import (amp_dtype, autocast, request_huge_pages, select_device,  # noqa: E402
+from common import REPO_ROOT, provenance, runfolder  # noqa: E402
+from common.augment import Preprocess, crop_flip, crop_padding, resize_like_pil, sample_crop_flip  # noqa: E402
+from common.config import Options, Recipe, from_dict  # noqa: E402
+from common.devices import (amp_dtype, autocast, memory_format, request_huge_pages, select_device,  # noqa: E402
                             use_channels_last)
-from common.train import build_optimizer, predict, train_one_epoch  # noqa: E402
+from common.models import MODELS, build_model  # noqa: E402
+from common.optimizers import build_optimizer  # noqa: E402
+from common.train import predict, train_one_epoch  # noqa: E402
 
 
 def _sync(device):
@@ -64,17 +64,17 @@ def floor_steps(model, optimizer, x, y, steps, dtype, device):
         optimizer.step()
 
 
-def report_style_loader(images: np.ndarray, labels: np.ndarray, cfg, batch_size: int, workers: int):
+def report_style_loader(images: np.ndarray, labels: np.ndarray, recipe, batch_size: int, workers: int):
     """What the report did: a Dataset of PIL images and a torchvision transform chain per image."""
     from PIL import Image
     from torchvision import transforms as T
 
     chain = []
-    if cfg.image_size != 32:
-        chain.append(T.Resize((cfg.image_size, cfg.image_size), antialias=True))
-    if cfg.augment == "crop_flip":
-        chain += [T.RandomCrop(cfg.image_size, padding=cfg.crop_padding()), T.RandomHorizontalFlip()]
-    chain += [T.ToTensor(), T.Normalize(cfg.mean, cfg.std)]
+    if recipe.image_size != 32:
+        chain.append(T.Resize((recipe.image_size, recipe.image_size), antialias=True))
+    if recipe.augment != "none":  # the report's crop + flip (the benchmark's recipes use no other policy)
+        chain += [T.RandomCrop(recipe.image_size, padding=crop_padding(recipe.image_size)), T.RandomHorizontalFlip()]
+    chain += [T.ToTensor(), T.Normalize(recipe.mean, recipe.std)]
     transform = T.Compose(chain)
     hwc = images.transpose(0, 2, 3, 1)
 
@@ -100,154 +100,190 @@ def report_style_steps(model, optimizer, batches, steps, dtype, device):
         optimizer.step()
 
 
-def bench_experiment(name: str, args, device) -> dict:
-    cfg = importlib.import_module(name).CONFIG
-    cfg = dataclasses.replace(cfg, pretrained=False)
-    batch = cfg.batch_size
-    dtype = amp_dtype(device, True)
-    channels_last = use_channels_last(device, cfg.model)  # the floor uses the layout training uses
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+def script_recipe(name: str) -> Recipe:
+    """The experiment's recipe as its script resolves it (`python ex_N.py --dry-run`): nothing imported from it."""
+    result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, f"{name}.py"), "--dry-run", "--dataset",
+                             "cifar10"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        sys.exit(f"error: {name}.py --dry-run failed: {result.stderr.strip()[-300:]}")
+    recipe, _ = from_dict(Recipe, json.loads(result.stdout)["recipe"], f"{name}.py --dry-run")
+    return dataclasses.replace(recipe, pretrained=False)  # no ImageNet weights needed to time a step
+
+
+@dataclasses.dataclass
+class Bench:
+    """One experiment's model, optimizer, data on the device and a preprocessed batch: what every timing shares."""
+    name: str
+    recipe: Recipe
+    device: torch.device
+    dtype: object
+    channels_last: bool
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    images: torch.Tensor       # uint8 on the CPU
+    labels: torch.Tensor
+    images_dev: torch.Tensor
+    labels_dev: torch.Tensor
+    preprocess: Preprocess
+    x: torch.Tensor            # one preprocessed batch on the device
+    y: torch.Tensor
+    steps: int                 # per measurement
+    per_step: float            # s, the floor's, measured once
+
+    def floor(self, steps: int | None = None) -> None:
+        floor_steps(self.model, self.optimizer, self.x, self.y, steps or self.steps, self.dtype, self.device)
+
+    def images_per_s(self, fn) -> float:
+        return self.recipe.batch_size * self.steps / _timed(fn, self.device)
+
+
+def make_bench(name: str, args, device) -> Bench:
+    recipe = script_recipe(name)
+    batch = recipe.batch_size
+    channels_last = use_channels_last(device, MODELS[recipe.model].cpu_channels_last)  # the layout training uses
     torch.manual_seed(0)
-    model = build_model(cfg, 10).to(device, memory_format=memory_format)
-    optimizer = build_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay)
-    # Steps per measurement: at least --steps, and at least --seconds of work at the floor's speed,
-    # so that a fast model is not timed over a few milliseconds.
+    model = build_model(recipe.model, 10, recipe.image_size, False).to(device, memory_format=memory_format(channels_last))
+    optimizer = build_optimizer(recipe.optimizer, model.parameters(), recipe.lr, recipe.weight_decay)
     g = torch.Generator().manual_seed(0)
+    plain = Preprocess(recipe.image_size, recipe.mean, recipe.std, device, channels_last)
     probe = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, generator=g).to(device)
-    x = Preprocess(cfg.image_size, cfg.mean, cfg.std, cfg.crop_padding(), device, channels_last)(probe)
-    y = torch.randint(0, 10, (batch,), generator=g).to(device)
+    x, y = plain(probe), torch.randint(0, 10, (batch,), generator=g).to(device)
+    dtype = amp_dtype(device, True)
     floor_steps(model, optimizer, x, y, 1, dtype, device)
     per_step = _timed(lambda: floor_steps(model, optimizer, x, y, 2, dtype, device), device) / 2
+    # Steps per measurement: at least --steps, and at least --seconds of work at the floor's speed,
+    # so that a fast model is not timed over a few milliseconds.
     steps = max(args.steps, int(args.seconds / per_step) + 1)
-    n = batch * steps * 2
-    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-    labels = torch.randint(0, 10, (n,), generator=g)
+    images = torch.randint(0, 256, (batch * steps * 2, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (len(images),), generator=g)
     images_dev, labels_dev = images.to(device), labels.to(device)
-    preprocess = Preprocess(cfg.image_size, cfg.mean, cfg.std, cfg.crop_padding(), device, channels_last,
-                            augment=cfg.augment == "crop_flip")
+    preprocess = Preprocess(recipe.image_size, recipe.mean, recipe.std, device, channels_last, recipe.augment)
+    return Bench(name, recipe, device, dtype, channels_last, model, optimizer, images, labels, images_dev, labels_dev,
+                 preprocess, preprocess(images_dev[:batch]), labels_dev[:batch], steps, per_step)
 
-    x = preprocess(images_dev[:batch])
-    y = labels_dev[:batch]
 
-    if not args.floors_only:
-        loader = report_style_loader(images.numpy(), labels.numpy(), cfg, batch, args.workers)
-        report_batches = iter(_forever(loader))
-    subset = torch.arange(batch * steps)
+def train_ours(b: Bench, model=None, seed: int = 1, images: int | None = None) -> None:
+    """The real train_one_epoch over steps batches (or `images` images)."""
+    train_one_epoch(model or b.model, b.optimizer, b.images_dev, b.labels_dev,
+                    torch.arange(images or b.recipe.batch_size * b.steps), preprocess=b.preprocess,
+                    batch_size=b.recipe.batch_size, generator=torch.Generator().manual_seed(seed), dtype=b.dtype,
+                    desc=f"bench {b.name}")
 
-    def ours():
-        gen = torch.Generator().manual_seed(1)
-        train_one_epoch(model, optimizer, images_dev, labels_dev, subset, preprocess=preprocess, batch_size=batch,
-                        generator=gen, dtype=dtype, desc=f"bench {name}")
 
-    # warm-up: allocator, cuDNN autotuning, worker start-up
-    floor_steps(model, optimizer, x, y, 2, dtype, device)
-    eval_floor, eval_batch, counted = eval_floor_fn(model, preprocess, images_dev, cfg, device, dtype)
-    if args.floors_only:  # the two floors alone, for a run in other settings (see small_pages_floors)
-        train_floor = [batch * steps / _timed(lambda: floor_steps(model, optimizer, x, y, steps, dtype, device), device)
-                       for _ in range(args.rounds)]
-        model.eval()
-        eval_floor()
-        return {"experiment": name, "floor": statistics.median(train_floor),
-                "eval_floor": statistics.median([counted / _timed(eval_floor, device) for _ in range(args.rounds)])}
-    report_style_steps(model, optimizer, report_batches, 2, dtype, device)
-    rates = {"floor": [], "ours": [], "report_style": []}
-    # Ratios are taken per round (neighbours in time) and their median reported: robust to a
-    # machine whose speed drifts.
-    ratios = {"ours_vs_floor": [], "ours_vs_report_style": [], "eval_vs_floor": []}
-    measure = {
-        "floor": lambda: floor_steps(model, optimizer, x, y, steps, dtype, device),
-        "ours": ours,
-        "report_style": lambda: report_style_steps(model, optimizer, report_batches, steps, dtype, device),
-    }
-    settle = int(0.5 / per_step) + 1  # ~0.5 s of floor steps: the CPU stays busy (no clock drop) while
-    order = list(measure)              # the report-style workers finish prefetching
+def measure_training(b: Bench, args) -> tuple:
+    """(a) floor, (b) ours, (c) report-style, in rounds whose order rotates; per-round ratios."""
+    loader = report_style_loader(b.images.numpy(), b.labels.numpy(), b.recipe, b.recipe.batch_size, args.workers)
+    report_batches = iter(_forever(loader))
+    report_style_steps(b.model, b.optimizer, report_batches, 2, b.dtype, b.device)  # worker start-up
+    measure = {"floor": b.floor, "ours": lambda: train_ours(b),
+               "report_style": lambda: report_style_steps(b.model, b.optimizer, report_batches, b.steps, b.dtype,
+                                                          b.device)}
+    rates = {k: [] for k in measure}
+    ratios = {"ours_vs_floor": [], "ours_vs_report_style": []}
+    settle = int(0.5 / b.per_step) + 1  # ~0.5 s of floor steps: the CPU stays busy (no clock drop) while
+    order = list(measure)                # the report-style workers finish prefetching
     for round_ in range(args.rounds):
         for pipeline in order[round_ % 3:] + order[:round_ % 3]:  # rotate: no pipeline always runs first
-            floor_steps(model, optimizer, x, y, settle, dtype, device)
-            rates[pipeline].append(batch * steps / _timed(measure[pipeline], device))
+            b.floor(settle)
+            rates[pipeline].append(b.images_per_s(measure[pipeline]))
         ratios["ours_vs_floor"].append(rates["ours"][-1] / rates["floor"][-1])
         ratios["ours_vs_report_style"].append(rates["ours"][-1] / rates["report_style"][-1])
+    return rates, ratios
 
-    # (d) evaluation: predict() on uint8 data vs the model alone on a preprocessed batch
-    model.eval()
+
+def measure_evaluation(b: Bench, args) -> tuple:
+    """(d) predict() on uint8 data against the model alone on a preprocessed batch; and the
+    preprocessing's time alone, as a share of the floor's."""
+    b.model.eval()
+    eval_floor, eval_batch, counted = eval_floor_fn(b.model, b.preprocess, b.images_dev, b.recipe, b.device, b.dtype)
 
     def eval_ours():
-        predict(model, images_dev[:counted], None, preprocess, eval_batch, dtype)
+        predict(b.model, b.images_dev[:counted], None, b.preprocess, eval_batch, b.dtype)
 
-    def eval_preprocess_only():  # what predict adds to the floor, timed alone (see eval_preprocess_share)
+    def eval_preprocess_only():
         with torch.inference_mode():
             out = None
             for start in range(0, counted, eval_batch):
-                out = preprocess(images_dev[start:start + eval_batch], out=out)
+                out = b.preprocess(b.images_dev[start:start + eval_batch], out=out)
 
     eval_floor()
-    eval_rates = {"eval_floor": [], "eval_ours": []}
-    ratios["eval_preprocess_share"] = []
+    rates, ratios = {"eval_floor": [], "eval_ours": []}, {"eval_vs_floor": [], "eval_preprocess_share": []}
     for round_ in range(args.rounds):
         pair = [("eval_floor", eval_floor), ("eval_ours", eval_ours)]
         for key, fn in (pair if round_ % 2 == 0 else pair[::-1]):  # alternate: neither always runs first
-            eval_rates[key].append(counted / _timed(fn, device))
-        ratios["eval_vs_floor"].append(eval_rates["eval_ours"][-1] / eval_rates["eval_floor"][-1])
-        # The preprocessing's time as a share of the floor's: a short measurement, so a burst of
-        # machine noise moves it less than it moves the ratio of two long ones.
-        ratios["eval_preprocess_share"].append(_timed(eval_preprocess_only, device) * eval_rates["eval_floor"][-1] / counted)
+            rates[key].append(counted / _timed(fn, b.device))
+        ratios["eval_vs_floor"].append(rates["eval_ours"][-1] / rates["eval_floor"][-1])
+        # A short measurement: a burst of machine noise moves it less than the ratio of two long ones.
+        ratios["eval_preprocess_share"].append(_timed(eval_preprocess_only, b.device) * rates["eval_floor"][-1]
+                                               / counted)
+    b.model.train()
+    return rates, ratios, eval_batch
+
+
+def measure_other_layout(b: Bench, args) -> list:
+    """The CPU floor in the other memory layout (the question behind a model entry's cpu_channels_last)."""
+    other = torch.contiguous_format if b.channels_last else torch.channels_last
+    b.model.to(memory_format=other)
+    x_other = b.x.contiguous(memory_format=other)
+    floor_steps(b.model, b.optimizer, x_other, b.y, 1, b.dtype, b.device)
+    rates = [b.images_per_s(lambda: floor_steps(b.model, b.optimizer, x_other, b.y, b.steps, b.dtype, b.device))
+             for _ in range(args.rounds)]
+    b.model.to(memory_format=memory_format(b.channels_last))
+    return rates
+
+
+def measure_compiled(b: Bench, args) -> dict:
+    """Our step with torch.compile against the eager floor, alternating; compile time apart."""
+    compiled = torch.compile(b.model)
+    start = time.perf_counter()
+    train_ours(b, compiled, seed=2, images=b.recipe.batch_size * 2)
+    _sync(b.device)
+    compile_time = time.perf_counter() - start
+    rates, floors, ratios = [], [], []
+    for round_ in range(args.rounds):
+        pair = [("floor", b.floor), ("compiled", lambda: train_ours(b, compiled, seed=3))]
+        for pipeline, fn in (pair if round_ % 2 == 0 else pair[::-1]):
+            b.floor(int(0.5 / b.per_step) + 1)
+            (floors if pipeline == "floor" else rates).append(b.images_per_s(fn))
+        ratios.append(rates[-1] / floors[-1])
+    return {"compile_time_s": compile_time, "ours_compiled": statistics.median(rates),
+            "floor_during_compiled": statistics.median(floors), "compiled_vs_floor": statistics.median(ratios),
+            "per_round_compiled_vs_floor": [round(r, 3) for r in ratios]}
+
+
+def bench_experiment(name: str, args, device) -> dict:
+    b = make_bench(name, args, device)
+    b.floor(2)  # warm-up: allocator, cuDNN autotuning
+    if args.floors_only:  # the two floors alone, for a run in other settings (see small_pages_floors)
+        floor = statistics.median([b.images_per_s(b.floor) for _ in range(args.rounds)])
+        rates, _, _ = measure_evaluation(b, argparse.Namespace(rounds=args.rounds))
+        return {"experiment": name, "floor": floor, "eval_floor": statistics.median(rates["eval_floor"])}
+    rates, ratios = measure_training(b, args)
+    eval_rates, eval_ratios, eval_batch = measure_evaluation(b, args)
     rates.update(eval_rates)
-
+    ratios.update(eval_ratios)
     if device.type == "cpu":
-        # The layout question on CPU: the floor in the other memory layout (see use_channels_last).
-        model.train()
-        other = torch.contiguous_format if channels_last else torch.channels_last
-        model.to(memory_format=other)
-        x_other = x.contiguous(memory_format=other)
-        floor_steps(model, optimizer, x_other, y, 1, dtype, device)
-        rates["floor_other_layout"] = [batch * steps / _timed(
-            lambda: floor_steps(model, optimizer, x_other, y, steps, dtype, device), device)
-            for _ in range(args.rounds)]
-        model.to(memory_format=memory_format)
-
-    if cfg.augment == "crop_flip":
-        rates.update(bench_crop_flip(cfg, images_dev[:batch], args.rounds, device))
-
+        rates["floor_other_layout"] = measure_other_layout(b, args)
+    if b.recipe.augment != "none":
+        rates.update(bench_crop_flip(b.recipe, b.images_dev[:b.recipe.batch_size], args.rounds, device))
     result = {k: statistics.median(v) for k, v in rates.items()}
-    result.update({"experiment": name, "model": cfg.model, "image_size": cfg.image_size, "batch_size": batch,
-                   "steps_per_round": steps, "rounds": args.rounds, "report_style_workers": args.workers,
-                   "eval_batch_size": eval_batch,
-                   "layout": "channels_last" if channels_last else "contiguous"})
+    result.update({"experiment": name, "model": b.recipe.model, "image_size": b.recipe.image_size,
+                   "batch_size": b.recipe.batch_size, "steps_per_round": b.steps, "rounds": args.rounds,
+                   "report_style_workers": args.workers, "eval_batch_size": eval_batch,
+                   "layout": "channels_last" if b.channels_last else "contiguous"})
     result.update({k: statistics.median(v) for k, v in ratios.items()})
     result["per_round"] = {k: [round(r, 3) for r in v] for k, v in ratios.items()}  # the spread behind each median
-
     if args.compile:
-        model.train()
-        compiled = torch.compile(model)
-        start = time.perf_counter()
-        gen = torch.Generator().manual_seed(2)
-        train_one_epoch(compiled, optimizer, images_dev, labels_dev, torch.arange(batch * 2), preprocess=preprocess,
-                        batch_size=batch, generator=gen, dtype=dtype, desc="compile")
-        _sync(device)
-        result["compile_time_s"] = time.perf_counter() - start
-        compiled_rates, floor_again, compiled_ratio = [], [], []
-        def run_compiled():
-            gen = torch.Generator().manual_seed(3)
-            train_one_epoch(compiled, optimizer, images_dev, labels_dev, subset, preprocess=preprocess,
-                            batch_size=batch, generator=gen, dtype=dtype, desc="compiled")
-
-        for round_ in range(args.rounds):
-            pair = [("floor", measure["floor"]), ("compiled", run_compiled)]
-            for pipeline, fn in (pair if round_ % 2 == 0 else pair[::-1]):
-                floor_steps(model, optimizer, x, y, settle, dtype, device)
-                (floor_again if pipeline == "floor" else compiled_rates).append(batch * steps / _timed(fn, device))
-            compiled_ratio.append(compiled_rates[-1] / floor_again[-1])
-        result["ours_compiled"] = statistics.median(compiled_rates)
-        result["floor_during_compiled"] = statistics.median(floor_again)
-        result["compiled_vs_floor"] = statistics.median(compiled_ratio)
-        result["per_round"]["compiled_vs_floor"] = [round(r, 3) for r in compiled_ratio]
+        compiled = measure_compiled(b, args)
+        result["per_round"]["compiled_vs_floor"] = compiled.pop("per_round_compiled_vs_floor")
+        result.update(compiled)
     return result
 
 
-def eval_floor_fn(model, preprocess, images_dev, cfg, device, dtype):
+def eval_floor_fn(model, preprocess, images_dev, recipe, device, dtype):
     """The inference-only floor: the model alone on one preprocessed batch, as many batches as
     the evaluation of `images_dev` takes."""
-    eval_batch = min(len(images_dev), cfg.eval_batch_size if device.type == "cuda" else min(cfg.eval_batch_size, 512))
+    eval_batch = min(len(images_dev), Options().eval_batch_size if device.type == "cuda" else 512)
     batches = len(images_dev) // eval_batch
     xe = preprocess(images_dev[:eval_batch])
 
@@ -273,11 +309,11 @@ def small_pages_floors(args) -> dict:
             return {r["experiment"]: r for r in json.load(f)["results"]}
 
 
-def bench_crop_flip(cfg, images, rounds, device) -> dict:
+def bench_crop_flip(recipe, images, rounds, device) -> dict:
     """Random crop + flip alone, per image, at the training size: our uint8 gather against
     kornia.augmentation (float only), the well-kept library that does the same per image."""
-    padding, g = cfg.crop_padding(), torch.Generator().manual_seed(4)
-    resized = images if images.shape[-1] == cfg.image_size else resize_like_pil(images, cfg.image_size)
+    padding, g = crop_padding(recipe.image_size), torch.Generator().manual_seed(4)
+    resized = images if images.shape[-1] == recipe.image_size else resize_like_pil(images, recipe.image_size)
     size = resized.shape[0]
     ours = lambda: crop_flip(resized, padding, sample_crop_flip(size, padding, g))  # noqa: E731
     fns = {"crop_flip_ours": ours}
@@ -287,7 +323,7 @@ def bench_crop_flip(cfg, images, rounds, device) -> dict:
         print("kornia is not installed: its crop/flip is not measured (pip install kornia)")
     else:
         floats = resized.float()
-        kornia_aug = torch.nn.Sequential(K.RandomCrop((cfg.image_size, cfg.image_size), padding=padding, p=1.0),
+        kornia_aug = torch.nn.Sequential(K.RandomCrop((recipe.image_size, recipe.image_size), padding=padding, p=1.0),
                                          K.RandomHorizontalFlip(p=0.5))
         fns["crop_flip_kornia"] = lambda: kornia_aug(floats)
     reps = 20
@@ -331,7 +367,7 @@ def main(argv=None):
     args.seconds = args.seconds if args.seconds is not None else (1.0 if args.quick else 1.5)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    env = runlog.environment(device)
+    env = provenance.environment(device)
     env["cpu"] = platform.processor() or platform.machine()
     env["cpu_count"] = os.cpu_count()
     print(f"device: {device} ({env.get('gpu', env['cpu'])}), torch {torch.__version__}, threads {torch.get_num_threads()}")
@@ -352,7 +388,8 @@ def main(argv=None):
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                    f"throughput-{device.type}-{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    runlog.write_json(out, {"environment": env, "command": runlog.command_line(), "args": vars(args), "results": results})
+    runfolder.write_json(out, {"environment": env, "command": provenance.command_line(), "args": vars(args),
+                               "results": results})
     print(f"\nwrote {out}")
 
 

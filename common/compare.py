@@ -1,18 +1,24 @@
-"""Compare experiments from their run folders: a markdown table per dataset and a figure.
+"""Compare runs from their run folders: an ablation table per dataset, figures, JSON.
 
-    python -m common.compare                 # your runs: every ex_N/ beside the scripts
-    python -m common.compare ex_1 ex_2       # figure: ./compare_val_accuracy.png, beside the runs
-    python common/compare.py ...             # the same, from any folder (REPO/common/compare.py)
-    python -m common.compare results/ex_1 results/ex_4 \
-        --readme README.md --figure images/compare_val_accuracy.png   # README's shipped table
+    python -m common.compare                   # your runs: every ex_N/ beside the scripts
+    python -m common.compare ex_1/sweeps/lr    # any folders: every run folder below them
+    python -m common.compare RUNS --baseline lr=0.001 --json table.json
+    python -m common.compare results/ex_1 --readme README.md --figure images/compare_val_accuracy.png
 
-Two runs share a row only when their whole recipe (RECIPE_FIELDS of the resolved config and
-the number of processes), the data (test file's sha256) and the hardware (GPU name, or CPU
-model) agree: only the seed may differ, and a repeated seed counts once. A row says how its
-recipe differs from its script's own CONFIG (recorded in config.json), e.g. "3 of 50 epochs".
-Each row shows the mean ± sample standard deviation over its seeds. Runs that did not
-complete (running / interrupted / failed, no test.json) or whose JSON is damaged are listed
-apart and never averaged. Nothing tracked by git is rewritten unless named (--readme, --figure).
+A row is one recipe run with several seeds. Runs share a row only when, by their config.json,
+they agree on the experiment, the dataset, every recipe field and every option that can
+change the numbers (common.config.recipe_key_fields), the data (test file's sha256), the
+hardware (GPU name, or CPU model), the torch build and CUDA version, and the process count;
+only the seed differs, and a seed repeated in a row counts once (the newest folder; the
+table says which it kept). A row lists the code versions its runs came from, a `*` marking
+a run started from a modified tree.
+
+Per row: n seeds, the best validation accuracy (the selection metric) and the test accuracy,
+each as mean and 95% confidence interval (Student t over seeds), and the difference from the
+baseline row (the row nearest the script's own recipe, or --baseline FIELD=VALUE) with its
+95% interval and p-value (Welch's t over seeds; one seed a side: exact McNemar on the shared
+test images, from predictions.npz). Incomplete, failed or damaged runs are listed apart and
+never averaged. Nothing tracked by git is rewritten unless named (--readme, --figure).
 """
 from __future__ import annotations
 
@@ -24,124 +30,149 @@ import re
 import statistics
 import sys
 from collections import defaultdict
+from dataclasses import dataclass, field
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATASET_FOLDERS = {"cifar_10": "CIFAR-10", "cifar_100": "CIFAR-100"}
-README_START, README_END = "<!-- compare:start -->", "<!-- compare:end -->"
+if __name__ == "__main__":  # python path/to/common/compare.py from any folder
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from common import REPO_ROOT, runfolder, stats  # noqa: E402
+from common.config import Options, Recipe, knobs, recipe_key_fields, to_dict  # noqa: E402
+from common.errors import UserError, first_line  # noqa: E402
+from common.models import MODELS  # noqa: E402
+from common.reference import REPORT  # noqa: E402
 
-# Fields of the resolved config that change what is trained: two runs share a row only when all
-# of these, the data and the hardware agree (the seed is what a row averages over).
-RECIPE_FIELDS = ("model", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "scheduler", "warmup_epochs",
-                 "image_size", "augment", "mean", "std", "pretrained", "weights", "val_fraction", "split_seed",
-                 "amp", "compile", "smoke")
-
-
-def read_run(run_dir: str) -> dict:
-    """One run folder; `complete` only for a completed run whose JSON files have the expected shape."""
-    def load(name):
-        try:
-            with open(os.path.join(run_dir, name)) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return None
-
-    config, train, test = load("config.json"), load("train.json"), load("test.json")
-    problem = _shape_problem(config, train, test)
-    status = problem or train["status"]
-    if status == "completed" and test is None:
-        status = "no test.json"  # killed while testing
-    complete = status == "completed"
-    return {"dir": run_dir, "config": config, "train": train, "test": test, "status": status, "complete": complete}
+DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+README_MARKERS = {"compare": ("<!-- compare:start -->", "<!-- compare:end -->"),
+                  "results": ("<!-- results:start -->", "<!-- results:end -->")}
+METRICS = ("val_accuracy", "test_accuracy", "f1", "auc", "auc_hard_labels", "best_epoch", "train_time_s",
+           "test_time_s")
 
 
-def _shape_problem(config, train, test) -> str | None:
-    """None if the files look as this repo writes them, else a short reason ('damaged: ...')."""
-    if train is None:
-        return "no train.json"
-    if not isinstance(train, dict) or not isinstance(train.get("status"), str):
-        return "damaged: train.json has no status"
-    if train["status"] != "completed":
-        return None  # listed apart by its status; its numbers are never read
-    if not (isinstance(config, dict) and isinstance(config.get("config"), dict)
-            and isinstance(config["config"].get("epochs"), int) and isinstance(config.get("seed"), int)):
-        return "damaged: config.json is missing or not as written by this repo"
-    epochs = train.get("epochs")
-    if not (isinstance(epochs, list) and len(epochs) == config["config"]["epochs"]
-            and all(isinstance(e, dict) and _is_number(e.get("val_accuracy")) for e in epochs)
-            and all(_is_number(train.get(k)) for k in ("best_epoch", "train_time_s"))):
-        return "damaged: train.json's epochs do not match its config"
-    if test is not None and not (isinstance(test, dict) and all(_is_number(test.get(k)) for k in
-                                                                ("accuracy", "f1", "test_time_s"))):
-        return "damaged: test.json has no accuracy"
-    return None
+# --- reading run folders -------------------------------------------------------------------
+
+@dataclass
+class Run:
+    dir: str
+    status: str                       # completed, running, interrupted, failed, "damaged: ...", ...
+    record: runfolder.RunRecord | None = None
+    train: dict | None = None
+    test: dict | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "completed"
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def read_run(run_dir: str) -> Run:
+    """One run folder through the run folder's validators; any problem is its status, never an exception."""
+    try:
+        record = runfolder.read_config(run_dir)
+    except UserError as e:
+        return Run(run_dir, f"damaged: {first_line(e)}")
+    if not os.path.exists(runfolder.path(run_dir, runfolder.TRAIN)):
+        return Run(run_dir, "not started (no train.json)", record)
+    try:
+        train = runfolder.read_train(run_dir)
+        if train["status"] != "completed":
+            return Run(run_dir, train["status"], record, train)
+        if len(train["epochs"]) != record.recipe.epochs:
+            return Run(run_dir, "damaged: train.json's epochs do not match config.json", record, train)
+        if not runfolder.is_complete(run_dir):
+            return Run(run_dir, "no test.json (stopped while testing?)", record, train)
+        return Run(run_dir, "completed", record, train, runfolder.read_test(run_dir))
+    except UserError as e:
+        return Run(run_dir, f"damaged: {first_line(e)}", record)
 
 
-def collect(experiment_dirs: list) -> list:
-    runs = []
-    for exp_dir in experiment_dirs:
-        for folder in DATASET_FOLDERS:
-            for run_dir in sorted(glob.glob(os.path.join(exp_dir, folder, "*"))):
-                if os.path.isdir(run_dir):
-                    run = read_run(run_dir)
-                    run["experiment"] = os.path.basename(os.path.normpath(exp_dir))
-                    run["dataset"] = DATASET_FOLDERS[folder]
-                    runs.append(run)
+def run_folders(root: str) -> list:
+    """Every run folder at or below `root` (a folder holding config.json or train.json), sorted."""
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        if runfolder.CONFIG in files or runfolder.TRAIN in files:
+            found.append(folder)
+            subfolders.clear()  # a run folder holds no runs
+        subfolders.sort()
+    return sorted(found)
+
+
+def collect(paths: list) -> list:
+    runs, seen = [], set()
+    for root in paths:
+        for run_dir in run_folders(root):
+            if os.path.realpath(run_dir) not in seen:
+                seen.add(os.path.realpath(run_dir))
+                runs.append(read_run(run_dir))
     return runs
 
 
-def _data_label(config: dict) -> str:
+# --- what a row shares ------------------------------------------------------------------------
+
+def data_label(record) -> str:
     """'synthetic', or the first 8 hex digits of the test file's sha256: runs on different data never mix."""
-    if config["config"].get("smoke"):
+    if record.options.smoke:
         return "synthetic"
-    return "sha " + config["data"]["test_file_sha256"][:8] if "data" in config else "unrecorded"
+    return f"data sha {record.data_sha256[:8]}" if record.data_sha256 else "data unrecorded"
 
 
-def _hardware_label(config: dict) -> str:
-    """The GPU's name, or the CPU's model: times and last digits from different hardware never mix."""
-    env = config.get("environment", {})
+def hardware_label(env: dict) -> str:
+    """The GPU's name, or the CPU's model."""
     if env.get("gpu"):
-        return env["gpu"]
+        return str(env["gpu"])
     if env.get("device", "cpu") != "cpu":
-        return env.get("device", "unrecorded")
+        return str(env.get("device"))
     return f"CPU {env['cpu']}" if env.get("cpu") else "CPU (model not recorded)"
 
 
-def _experiment_label(run: dict) -> str:
-    """EfficientNet runs without the ImageNet weights are a different experiment from the recipe."""
-    cfg = run["config"]["config"]
-    scratch = cfg.get("model", "").startswith("efficientnet") and cfg.get("pretrained") is False
-    return run["experiment"] + (" from scratch" if scratch else "")
+def software_label(env: dict) -> str:
+    return f"torch {env.get('torch', '?')}" + (f" CUDA {env['cuda']}" if env.get("cuda") else "")
 
 
-def _recipe_key(config: dict) -> tuple:
-    cfg = config["config"]
-    return tuple(json.dumps(cfg.get(field)) for field in RECIPE_FIELDS) + (config.get("processes", 1),)
+def experiment_label(record) -> str:
+    """A model with pretrained weights trained without them is a different experiment from the recipe."""
+    scratch = MODELS[record.recipe.model].weights is not None and not record.recipe.pretrained
+    return record.experiment + (" from scratch" if scratch else "")
 
 
-def recipe_changes(config: dict) -> str:
-    """How the run's recipe differs from its script's own CONFIG: '—' (none), or e.g. '3 of 50 epochs; lr 0.01'."""
-    recipe, cfg = config.get("recipe"), config["config"]
-    if recipe is None:  # runs made before config.json kept the script's recipe
-        return f"{cfg.get('epochs')} epochs; recipe not recorded"
-    changes = []
-    for field in RECIPE_FIELDS:
-        ours, theirs = cfg.get(field), recipe.get(field)
-        if field == "smoke" or ours == theirs or (field == "pretrained" and cfg.get("smoke")):
-            continue
-        if field == "epochs":
-            changes.append(f"{ours} of {theirs} epochs")
-        elif field == "pretrained":
-            changes.append("ImageNet weights" if ours else "no ImageNet weights")
+def recipe_key(record) -> tuple:
+    values = {**to_dict(record.recipe), **to_dict(record.options)}
+    return tuple(json.dumps(values[name]) for name in recipe_key_fields())
+
+
+def context_key(run: Run) -> tuple:
+    """What rows that may be compared with each other share: all but the recipe."""
+    r = run.record
+    return (r.dataset, r.experiment, data_label(r), hardware_label(r.environment), software_label(r.environment),
+            r.processes)
+
+
+def recipe_changes(record) -> dict:
+    """{field: value} where the run's recipe differs from its script's own (recorded in config.json)."""
+    if record.script_recipe is None:
+        return {}
+    ours, theirs = to_dict(record.recipe), to_dict(record.script_recipe)
+    changes = {name: ours[name] for name in knobs(Recipe) if ours[name] != theirs[name]}
+    if record.options.smoke:
+        changes.pop("pretrained", None)  # --smoke never downloads weights
+    for name, (k, default) in knobs(Options).items():  # options that change the numbers, where not the default
+        if k.changes_results and name not in ("smoke", "weights") and getattr(record.options, name) != default:
+            changes[name] = getattr(record.options, name)
+    return changes
+
+
+def describe_changes(record, changes: dict) -> str:
+    if record.script_recipe is None:
+        return f"{record.recipe.epochs} epochs; recipe not recorded"
+    words = []
+    for name, value in changes.items():
+        if name == "epochs":
+            words.append(f"{value} of {record.script_recipe.epochs} epochs")
+        elif name == "pretrained":
+            words.append("ImageNet weights" if value else "no ImageNet weights")
         else:
-            changes.append(f"{field.replace('_', ' ')} {_short(ours)}")
-    if config.get("processes", 1) > 1:
-        changes.append(f"{config['processes']} processes")
-    return "; ".join(changes) or "—"
+            words.append(f"{name.replace('_', ' ')} {_short(value)}")
+    if record.processes > 1:
+        words.append(f"{record.processes} processes")
+    return "; ".join(words) or "—"
 
 
 def _short(value) -> str:
@@ -150,126 +181,308 @@ def _short(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _mean_std(values: list, digits: int = 4) -> str:
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+# --- rows ------------------------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    context: tuple
+    key: tuple
+    runs: list                        # complete runs, one per seed, by seed
+    duplicates: list = field(default_factory=list)  # [{"seed", "kept", "dropped": [...]}]
+    baseline: "Row | None" = None
+
+    @property
+    def record(self):
+        return self.runs[0].record
+
+    @property
+    def changes(self) -> dict:
+        return recipe_changes(self.record)
+
+    def values(self, metric: str) -> list:
+        return [metric_value(run, metric) for run in self.runs if metric_value(run, metric) is not None]
 
 
-def _group_key(run: dict) -> tuple:
-    return (run["dataset"], _experiment_label(run), _recipe_key(run["config"]), _data_label(run["config"]),
-            _hardware_label(run["config"]))
+def metric_value(run: Run, metric: str):
+    if metric == "val_accuracy":
+        return run.train["best_val_accuracy"]
+    if metric in ("best_epoch", "train_time_s"):
+        return run.train[metric]
+    value = run.test.get("accuracy" if metric == "test_accuracy" else metric)
+    if metric == "auc_hard_labels" and value is None:  # runs from before test.json recorded it
+        from common.metrics import hard_label_auc
+        value = hard_label_auc(run.test["confusion_matrix"]) if "confusion_matrix" in run.test else None
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def groups_of_complete_runs(runs: list) -> dict:
-    """{group key: runs}; a seed repeated within a group counts once (its newest folder)."""
-    by_seed = defaultdict(dict)
+def build_rows(runs: list) -> list:
+    """Complete runs grouped into rows; a repeated seed keeps its newest folder (by start time, then name)."""
+    groups = defaultdict(lambda: defaultdict(list))
     for run in runs:
-        if run["complete"]:
-            by_seed[_group_key(run)][run["config"]["seed"]] = run  # run folders come in time order
-    return {key: [seeds[s] for s in sorted(seeds)] for key, seeds in sorted(by_seed.items())}
+        if run.complete:
+            groups[(context_key(run), recipe_key(run.record))][run.record.options.seed].append(run)
+    rows = []
+    for (context, key), by_seed in groups.items():
+        row = Row(context, key, [])
+        for seed in sorted(by_seed):
+            copies = sorted(by_seed[seed], key=lambda r: (str(r.record.raw.get("start_time", "")), r.dir))
+            row.runs.append(copies[-1])
+            if len(copies) > 1:
+                row.duplicates.append({"seed": seed, "kept": copies[-1].dir, "dropped": [c.dir for c in copies[:-1]]})
+        rows.append(row)
+    return sorted(rows, key=_row_order)
 
 
-def summarize(runs: list) -> dict:
-    """{dataset: [row dict]} for complete runs, one row per (experiment, recipe, data, hardware)."""
-    table = defaultdict(list)
-    for (dataset, experiment, _, data, hardware), members in groups_of_complete_runs(runs).items():
-        acc = [r["test"]["accuracy"] for r in members]
-        first = members[0]["config"]
-        table[dataset].append({
-            "experiment": experiment, "epochs": first["config"]["epochs"], "changes": recipe_changes(first),
-            "data": data, "hardware": hardware, "runs": len(members),
-            "seeds": [r["config"]["seed"] for r in members],
-            "accuracy_mean": statistics.mean(acc), "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-            "accuracy": _mean_std(acc),
-            "f1": _mean_std([r["test"]["f1"] for r in members]),
-            "auc": _mean_std([r["test"]["auc"] for r in members if _is_number(r["test"].get("auc"))]),
-            "best_epoch": _mean_std([r["train"]["best_epoch"] for r in members], 1),
-            "train_time_s": _mean_std([r["train"]["train_time_s"] for r in members], 1),
-            "test_time_s": _mean_std([r["test"]["test_time_s"] for r in members], 2),
-            "parameters": first.get("parameters"),
-        })
-    for rows in table.values():  # per experiment: the script's own recipe first, then longer runs first
-        rows.sort(key=lambda r: (r["experiment"], r["changes"] != "—", -r["epochs"]))
-    return table
+def _row_order(row: Row) -> tuple:
+    """Per context: the baseline first, then fewer changes first, then by the changed fields' values."""
+    changes = sorted(row.changes.items())
+    values = tuple((name, (0, float(v), "") if isinstance(v, (int, float)) else (1, 0.0, json.dumps(v)))
+                   for name, v in changes)
+    return (row.context[0], json.dumps(row.context[1:]), row.baseline is not None, len(changes), values)
 
 
-def markdown(runs: list) -> str:
-    table = summarize(runs)
-    out = []
-    for dataset in DATASET_FOLDERS.values():
-        if dataset not in table:
+def choose_baselines(rows: list, baseline: tuple | None = None) -> None:
+    """Each row's baseline: in its context, the row with FIELD=VALUE (--baseline), else the row that
+    differs from the script's recipe in the fewest of the fields on which the context's rows differ."""
+    by_context = defaultdict(list)
+    for row in rows:
+        by_context[row.context].append(row)
+    for members in by_context.values():
+        varying = {name for name in recipe_key_fields()
+                   if len({json.dumps(getattr_any(r.record, name)) for r in members}) > 1}
+        candidates = [r for r in members if baseline is None or _matches(r, *baseline)]
+        if not candidates:
             continue
-        out += [f"**{dataset}**", "",
-                "| experiment | changed from the script's recipe | data | hardware | runs (seeds) | test accuracy "
-                "| macro F1 | AUC | best epoch | train time s | test time s | parameters |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in table[dataset]:
-            seeds = ",".join(map(str, r["seeds"]))
-            params = f"{r['parameters']:,}" if isinstance(r["parameters"], int) else "—"
-            out.append(f"| {r['experiment']} | {r['changes']} | {r['data']} | {r['hardware']} | {r['runs']} ({seeds}) "
-                       f"| {r['accuracy']} | {r['f1']} | {r['auc']} | {r['best_epoch']} | {r['train_time_s']} "
-                       f"| {r['test_time_s']} | {params} |")
-        out.append("")
-    incomplete = [r for r in runs if not r["complete"]]
+        chosen = min(candidates, key=lambda r: (len(set(r.changes) & varying), _row_order(r)))
+        for row in members:
+            row.baseline = chosen if row is not chosen else None
+    rows.sort(key=_row_order)
+
+
+def getattr_any(record, name: str):
+    return getattr(record.recipe, name) if hasattr(record.recipe, name) else getattr(record.options, name)
+
+
+def _matches(row: Row, name: str, value) -> bool:
+    return json.dumps(getattr_any(row.record, name)) == json.dumps(value)
+
+
+def parse_baseline(text: str) -> tuple:
+    """--baseline FIELD=VALUE, the value read by the field's own flag rules."""
+    name, _, value = text.partition("=")
+    name = name.strip().replace("-", "_")
+    fields = {**knobs(Recipe), **knobs(Options)}
+    if name not in fields or not value:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE with a recipe field, got {text!r}")
+    k = fields[name][0]
+    try:
+        parsed = k.rule(k.parse(value) if k.parse is not bool else value.lower() in ("1", "true", "yes", "on"))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{name}: {e}") from None
+    return name, list(parsed) if isinstance(parsed, tuple) else parsed
+
+
+def summarize_row(row: Row) -> dict:
+    """A row as numbers: n, seeds, folders, each metric's mean / sample std / 95% CI, the baseline difference."""
+    out = {"dataset": DATASET_LABELS[row.context[0]], "experiment": experiment_label(row.record),
+           "changes": describe_changes(row.record, row.changes), "changed_fields": row.changes,
+           "data": row.context[2], "hardware": row.context[3], "software": row.context[4],
+           "processes": row.context[5], "n": len(row.runs), "seeds": [r.record.options.seed for r in row.runs],
+           "runs": [r.dir for r in row.runs], "duplicates": row.duplicates, "code": code_versions(row),
+           "parameters": row.record.raw.get("parameters")}
+    for metric in METRICS:
+        values = row.values(metric)
+        if values:
+            interval = stats.mean_ci(values)
+            out[metric] = {"mean": interval.mean, "std": statistics.stdev(values) if len(values) > 1 else None,
+                           "ci95": [interval.low, interval.high], "n": len(values)}
+    out["vs_baseline"] = baseline_differences(row) if row.baseline is not None else None
+    return out
+
+
+def code_versions(row: Row) -> list:
+    """Short commits of the row's runs; '*' marks a run started from a modified tree."""
+    versions = []
+    for run in row.runs:
+        git = run.record.git
+        version = (str(git.get("commit") or "unknown")[:7]) + ("*" if git.get("dirty") else "")
+        if version not in versions:
+            versions.append(version)
+    return versions
+
+
+def baseline_differences(row: Row) -> dict:
+    """This row minus its baseline, for validation and test accuracy."""
+    base = row.baseline
+    out = {"baseline": describe_changes(base.record, base.changes), "baseline_runs": [r.dir for r in base.runs]}
+    for metric in ("val_accuracy", "test_accuracy"):
+        a, b = row.values(metric), base.values(metric)
+        correct = (None, None)
+        if metric == "test_accuracy" and len(a) == 1 and len(b) == 1:
+            correct = (_correct(row.runs[0]), _correct(base.runs[0]))
+        d = stats.difference(a, b, *correct)
+        out[metric] = {"difference": d.estimate, "ci95": [d.low, d.high], "p": d.p_value, "test": d.test}
+    return out
+
+
+def _correct(run: Run):
+    """Per test image, whether the run got it right (predictions.npz); None if the file is missing."""
+    try:
+        kept = runfolder.read_predictions(run.dir)
+    except UserError:
+        return None
+    return (kept["predicted"] == kept["labels"]).tolist()
+
+
+# --- markdown ----------------------------------------------------------------------------------
+
+def _ci(summary: dict | None, digits: int = 4) -> str:
+    """'0.7004 ± 0.0340' (mean ± 95% CI half-width), or the single value."""
+    if not summary:
+        return "—"
+    low, high = summary["ci95"]
+    if low is None:
+        return f"{summary['mean']:.{digits}f}"
+    return f"{summary['mean']:.{digits}f} ± {(high - low) / 2:.{digits}f}"
+
+
+def _difference(diff: dict | None) -> tuple:
+    """('+0.0123 [+0.0050, +0.0196]', 'p 0.004 (Welch)') for the table."""
+    if not diff:
+        return "—", "—"
+    low, high = diff["ci95"]
+    text = f"{diff['difference']:+.4f}" + (f" [{low:+.4f}, {high:+.4f}]" if low is not None else "")
+    if diff["p"] is None:
+        return text, "— (one seed)"
+    return text, f"{diff['p']:.3g} ({'Welch' if diff['test'].startswith('Welch') else 'McNemar'})"
+
+
+HEADER = ("| experiment | changed from the script's recipe | n (seeds) | best val acc ± 95% CI | test acc ± 95% CI "
+          "| Δ test vs baseline [95% CI] | p | Δ val vs baseline | macro F1 | AUC | AUC, hard labels | best epoch "
+          "| train time s | code |")
+
+
+def markdown(rows: list, runs: list) -> str:
+    """A table per context (dataset, data, hardware, software, processes), then the notes and incomplete runs."""
+    out, notes, context = [], [], None
+    for row in rows:
+        summary = summarize_row(row)
+        if row.context != context:
+            context = row.context
+            out += ["", f"**{summary['dataset']}** · {summary['experiment'].split()[0]} · {summary['data']} · "
+                        f"{summary['hardware']} · {summary['software']} · {summary['processes']} process"
+                        f"{'es' * (summary['processes'] > 1)}", "", HEADER, "|" + "---|" * 14]
+        base = summary["vs_baseline"]
+        test_diff, p = _difference(base["test_accuracy"] if base else None)
+        val_diff, _ = _difference(base["val_accuracy"] if base else None)
+        if row.baseline is None and any(r.baseline is row for r in rows):
+            test_diff, p, val_diff = "baseline", "", "baseline"
+        out.append(f"| {summary['experiment']} | {summary['changes']} | {summary['n']} "
+                   f"({','.join(map(str, summary['seeds']))}) | {_ci(summary.get('val_accuracy'))} "
+                   f"| {_ci(summary.get('test_accuracy'))} | {test_diff} | {p} | {val_diff} | {_ci(summary.get('f1'))} "
+                   f"| {_ci(summary.get('auc'))} | {_ci(summary.get('auc_hard_labels'))} "
+                   f"| {_ci(summary.get('best_epoch'), 1)} | {_ci(summary.get('train_time_s'), 0)} "
+                   f"| {', '.join(summary['code'])} |")
+        notes += [f"- {summary['experiment']} ({summary['changes']}), seed {d['seed']}: kept {display_path(d['kept'])}, "
+                  f"not {', '.join(display_path(x) for x in d['dropped'])}" for d in summary["duplicates"]]
+    if notes:
+        out += ["", "Repeated seeds (each counts once):", *notes]
+    incomplete = [r for r in runs if not r.complete]
     if incomplete:
-        out += ["Not averaged (incomplete, failed or damaged):", ""]
-        out += [f"- {_display_path(r['dir'])}: {r['status']}" for r in incomplete]
-        out.append("")
-    if not table:
-        out.append("No complete runs found.")
-    return "\n".join(out).rstrip() + "\n"
+        out += ["", "Not averaged (incomplete, failed or damaged):", ""]
+        out += [f"- {display_path(r.dir)}: {r.status}" for r in incomplete]
+    if not rows:
+        out += ["", "No complete runs found."]
+    return "\n".join(out).strip() + "\n"
 
 
-def _display_path(path: str) -> str:
+def reference_table(rows: list) -> str:
+    """README's results: each script's full recipe beside the report's figure, per dataset."""
+    lines = ["| experiment | dataset | ours: test acc, mean ± std (n) | 95% CI | report | report inside our 95% "
+             "prediction interval? | ours: AUC, hard labels | report's AUC |", "|" + "---|" * 8]
+    for row in rows:
+        if row.changes or row.record.experiment not in REPORT or row.record.options.smoke:
+            continue
+        report = REPORT[row.record.experiment][row.record.dataset]
+        accs = row.values("test_accuracy")
+        ci, pi = stats.mean_ci(accs), stats.prediction_interval(accs)
+        spread = f" ± {statistics.stdev(accs):.4f}" if len(accs) > 1 else ""
+        inside = "—" if pi.low is None else ("yes" if pi.low <= report["accuracy"] <= pi.high else "no") + \
+            f" [{pi.low:.4f}, {pi.high:.4f}]"
+        lines.append(f"| {row.record.experiment} | {DATASET_LABELS[row.record.dataset]} | {ci.mean:.4f}{spread} "
+                     f"({len(accs)}) | {'—' if ci.low is None else f'[{ci.low:.4f}, {ci.high:.4f}]'} "
+                     f"| {report['accuracy']:.4f} | {inside} | {_ci(summarize_row(row).get('auc_hard_labels'))} "
+                     f"| {report['auc']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def display_path(path: str) -> str:
     path = os.path.abspath(path)
     return os.path.relpath(path, REPO_ROOT) if path.startswith(REPO_ROOT + os.sep) else path
 
 
-def plot_val_accuracy(runs: list, path: str) -> None:
-    """Validation accuracy per epoch: mean over seeds, shaded min..max in the line's colour, a panel per dataset."""
-    import matplotlib
+# --- figures -----------------------------------------------------------------------------------
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from common.plots import integer_epoch_axis, save_figure
-
-    groups = groups_of_complete_runs(runs)
-    datasets = [d for d in DATASET_FOLDERS.values() if any(key[0] == d for key in groups)]
-    fig, axes = plt.subplots(1, max(1, len(datasets)), figsize=(6.4 * max(1, len(datasets)), 4.2), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
-        for (group_dataset, experiment, _, data, hardware), members in groups.items():
-            if group_dataset != dataset:
-                continue
-            curves = np.array([[e["val_accuracy"] for e in r["train"]["epochs"]] for r in members])
-            x = np.arange(1, curves.shape[1] + 1)
-            changes = recipe_changes(members[0]["config"])
-            label = (f"{experiment}{'' if changes == '—' else f' ({changes})'}, {data}, {hardware} "
-                     f"({len(curves)} run{'s' * (len(curves) > 1)})")
-            (line,) = ax.plot(x, curves.mean(0), marker=".", label=label)
-            if len(curves) > 1:
-                ax.fill_between(x, curves.min(0), curves.max(0), alpha=0.2, color=line.get_color())
-        ax.set_title(f"{dataset}: validation accuracy")
-        integer_epoch_axis(ax)
-        ax.set_ylabel("accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below: never over a curve
-    save_figure(fig, path)
+def row_label(summary: dict) -> str:
+    changes = "" if summary["changes"] == "—" else f" ({summary['changes']})"
+    return f"{summary['experiment']}{changes}, {summary['hardware']} (n={summary['n']})"
 
 
-def update_readme(readme: str, text: str) -> None:
-    from common.runlog import atomic_write_bytes
+def val_curve_series(rows: list) -> dict:
+    """{dataset label: [(row label, per-seed validation curves)]} for plots.plot_val_curves."""
+    series = defaultdict(list)
+    for row in rows:
+        summary = summarize_row(row)
+        series[summary["dataset"]].append((row_label(summary), [[e["val_accuracy"] for e in r.train["epochs"]]
+                                                                 for r in row.runs]))
+    return dict(series)
 
-    content = open(readme).read()
-    if README_START not in content or README_END not in content:
-        raise SystemExit(f"error: {readme} has no {README_START} ... {README_END} markers")
-    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
-    new = pattern.sub(lambda _: f"{README_START}\n{text}{README_END}", content)
-    atomic_write_bytes(readme, lambda f: f.write(new.encode()))
+
+def swept_fields(rows: list) -> dict:
+    """{field: {context: [(value, row summary)]}} for each field on which rows of one context differ
+    while agreeing on everything else but the seed."""
+    out = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        if row.baseline is None:
+            continue
+        differing = [n for n in recipe_key_fields()
+                     if json.dumps(getattr_any(row.record, n)) != json.dumps(getattr_any(row.baseline.record, n))]
+        if len(differing) == 1:
+            name = differing[0]
+            group = out[name][row.context]
+            if not group:
+                group.append((getattr_any(row.baseline.record, name), summarize_row(row.baseline)))
+            group.append((getattr_any(row.record, name), summarize_row(row)))
+    return {name: dict(groups) for name, groups in out.items()}
+
+
+def write_figures(rows: list, figure: str | None, paths: list) -> list:
+    """compare_val_accuracy.png (or --figure) and compare_<field>.png per swept field, beside the runs;
+    a file tracked by git is written only when named."""
+    from common import plots
+
+    folder = default_figure_folder(paths) if figure is None else os.path.dirname(os.path.abspath(figure))
+    targets = {"val": figure or os.path.join(folder, "compare_val_accuracy.png")}
+    for name in swept_fields(rows):
+        targets[name] = os.path.join(folder, f"compare_{name}.png")
+    written = []
+    for what, target in targets.items():
+        if (figure is None or what != "val") and is_tracked(target):
+            print(f"figure not written: {target} is tracked by git; name it with --figure to rewrite it")
+            continue
+        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+        if what == "val":
+            plots.plot_val_curves(val_curve_series(rows), target)
+        else:
+            plots.plot_swept_field(what, swept_fields(rows)[what], target)
+        written.append(target)
+    return written
+
+
+def default_figure_folder(paths: list) -> str:
+    """The folder holding the compared folders; the current one if they share no folder but '/'."""
+    parent = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    return os.getcwd() if os.path.dirname(parent) == parent else parent
 
 
 def is_tracked(path: str) -> bool:
@@ -284,7 +497,34 @@ def is_tracked(path: str) -> bool:
         return False
 
 
-def default_experiment_dirs() -> list:
+# --- files named on the command line --------------------------------------------------------------
+
+def update_readme(readme: str, blocks: dict) -> None:
+    """Replace the text between each block's markers (README_MARKERS); both markers must be there, in order."""
+    from common.files import write_bytes
+
+    try:
+        with open(readme) as f:
+            content = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--readme {readme}: cannot read it ({type(e).__name__}: {first_line(e)})") from None
+    for name, text in blocks.items():
+        start, end = README_MARKERS[name]
+        if name == "results" and start not in content:
+            continue  # an optional block
+        i, j = content.find(start), content.find(end)
+        if i < 0 or j < 0 or j < i:
+            raise UserError(f"--readme {readme}: needs the markers {start} and then {end}")
+        content = content[:i] + f"{start}\n{text}{end}" + content[j + len(end):]
+    write_bytes(readme, content.encode())
+
+
+def write_json_summary(path: str, rows: list, runs: list) -> None:
+    runfolder.write_json(path, {"rows": [summarize_row(r) for r in rows],
+                                "incomplete": [{"dir": r.dir, "status": r.status} for r in runs if not r.complete]})
+
+
+def default_paths() -> list:
     """The user's own runs: every ex_N/ beside the scripts (the shipped ones are under results/)."""
     return sorted(d for d in glob.glob(os.path.join(REPO_ROOT, "ex_*"))
                   if os.path.isdir(d) and re.fullmatch(r"ex_\d+", os.path.basename(d)))
@@ -292,47 +532,44 @@ def default_experiment_dirs() -> list:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("experiments", nargs="*",
-                   help="experiment folders, each holding cifar_10/ and/or cifar_100/ "
-                        "(default: your own runs, every ex_N/ beside the scripts)")
-    p.add_argument("--figure", default=None,
-                   help="where to write the validation-accuracy figure (default: compare_val_accuracy.png in the "
-                        "folder that holds the compared experiments; a file tracked by git is only written "
-                        "when named here)")
-    p.add_argument("--json", default=None, help="also write the summary as JSON here")
-    p.add_argument("--readme", default=None, help="replace the table between the compare markers in this file")
+    p.add_argument("folders", nargs="*", help="folders holding run folders at any depth (default: your own runs, "
+                                              "every ex_N/ beside the scripts)")
+    p.add_argument("--baseline", type=parse_baseline, metavar="FIELD=VALUE",
+                   help="the row each difference is measured from, e.g. lr=0.001 (default: the row nearest the "
+                        "script's own recipe)")
+    p.add_argument("--figure", help="where to write the validation-accuracy figure (default: "
+                                    "compare_val_accuracy.png beside the compared folders; per swept field also "
+                                    "compare_FIELD.png there)")
+    p.add_argument("--json", help="also write the table as JSON (numbers as numbers, each row's run folders)")
+    p.add_argument("--readme", help="replace the tables between the compare (and results) markers in this file")
     args = p.parse_args(argv)
-    dirs = args.experiments or default_experiment_dirs()
-    if not dirs:
-        p.error(f"no experiment folders given and no ex_N/ in {REPO_ROOT}: run an experiment first")
-    missing = [d for d in dirs if not os.path.isdir(d)]
+    paths = args.folders or default_paths()
+    if not paths:
+        p.error(f"no folders given and no ex_N/ in {REPO_ROOT}: run an experiment first")
+    missing = [d for d in paths if not os.path.isdir(d)]
     if missing:
-        p.error(f"no such experiment folder: {', '.join(missing)}")
-    runs = collect(dirs)
-    text = markdown(runs)
+        p.error(f"no such folder: {', '.join(missing)}")
+    try:
+        report(paths, args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def report(paths: list, args) -> None:
+    runs = collect(paths)
+    rows = build_rows(runs)
+    choose_baselines(rows, args.baseline)
+    text = markdown(rows, runs)
     print(text)
-    if any(r["complete"] for r in runs):
-        _write_figure(runs, args.figure, dirs)
     if args.json:
-        from common.runlog import write_json
-        write_json(args.json, {"summary": summarize(runs),
-                               "incomplete": [{"dir": r["dir"], "status": r["status"]} for r in runs if not r["complete"]]})
+        write_json_summary(args.json, rows, runs)
+    if rows:
+        for written in write_figures(rows, args.figure, paths):
+            print(f"figure: {written}")
     if args.readme:
-        update_readme(args.readme, text)
-
-
-def _write_figure(runs: list, figure: str | None, dirs: list) -> None:
-    if figure is None:
-        parent = os.path.commonpath([os.path.dirname(os.path.abspath(d)) for d in dirs])
-        figure = os.path.join(parent, "compare_val_accuracy.png")
-        if is_tracked(figure):  # a shipped figure changes only when asked by name
-            print(f"figure not written: {figure} is tracked by git; pass --figure {figure} to rewrite it")
-            return
-    os.makedirs(os.path.dirname(os.path.abspath(figure)), exist_ok=True)
-    plot_val_accuracy(runs, figure)
-    print(f"figure: {figure}")
+        update_readme(args.readme, {"compare": text, "results": reference_table(rows)})
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, REPO_ROOT)
     main()

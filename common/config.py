@@ -1,88 +1,46 @@
-"""One dataclass describes an experiment; the command line overrides its fields.
+"""What a run is and how it runs, each field declared once.
 
-Each `ex_N.py` builds a `Config` with the experiment's recipe. `resolve` is the one place
-that turns a command line into the config that runs: flags the user gave (argparse knows
-"not given" from "given"), the --smoke rules, the defaults that depend on where the repo
-is, and --resume's saved config. The result is written to `config.json`, the single source
-of truth for what ran, and read back (validated) by --resume.
+`Recipe` is the experiment: model, optimizer, schedule, data pipeline, split. `Options` is
+where and how it runs: data folder, device, seed, checkpoints, extras. `Launch` says what to
+run from one command (datasets, seeds, --resume). Every field is declared once, with its
+help text, unit and rule (`knob`); from that declaration come its command-line flag, its
+validation (of flags and of config.json alike), `--help`, the run's header line, config.json,
+compare's recipe key, TensorBoard's hparams and llm_prompt.md's flag list. A field added to
+Recipe is a flag of every script, and an older config.json without it reads with its default.
+
+`resolve` turns a command line into what runs: the script's recipe <- the flags given <- the
+--smoke rules <- the defaults that depend on where the repo is. Impossible values and
+combinations are usage errors (exit 2) before anything is created.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable
 
+from common.augment import AUGMENTATIONS
 from common.errors import UserError
+from common.models import MODELS
+from common.optimizers import OPTIMIZERS
+from common.schedules import SCHEDULES
 
 DATASETS = ("cifar10", "cifar100")
-MODELS = ("tutorial_cnn", "three_block_cnn", "efficientnet_v2_s")
-OPTIMIZERS = ("adam", "adamw", "lion", "sgd")
-SCHEDULERS = ("none", "cosine", "step", "plateau", "onecycle")
-AUGMENTS = ("none", "crop_flip")
-CIFAR_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 TRAIN_IMAGES = 50_000                  # both CIFARs' official training split
 FLOAT32_MAX = 3.4028234663852886e38    # a larger lr overflows the float32 weights at once
 SEED_MAX = 2**63 - 1                   # torch's and numpy's seeds are 64-bit
 
-# --smoke: images per class (train, test) of the synthetic sets, epochs and batch size. EfficientNet
-# (20M parameters, slow on a CPU) gets the "tiny" sets so that every script's smoke run stays short.
+# --smoke: images per class (train, test) of the synthetic sets, by the model entry's smoke_data
 SMOKE_SIZES = {"small": {"cifar10": (60, 20), "cifar100": (6, 2)},
                "tiny": {"cifar10": (10, 5), "cifar100": (2, 1)}}
 SMOKE_EPOCHS, SMOKE_BATCH, SMOKE_SAVE_EVERY = 2, 32, 1
 
 
-def smoke_kind(model: str) -> str:
-    return "tiny" if model == "efficientnet_v2_s" else "small"
+# --- rules: value -> value, ValueError with the reason ------------------------------------
 
-
-@dataclass
-class Config:
-    # --- the recipe: what differs between experiments -----------------------------------
-    experiment: str                      # "ex_1" ...; names the output folder and guards --resume
-    model: str                           # one of MODELS
-    epochs: int
-    batch_size: int = 128
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4           # L2 for adam/sgd, decoupled for adamw/lion
-    scheduler: str = "none"
-    warmup_epochs: int = 0               # linear warm-up from lr/10, before the schedule
-    image_size: int = 32                 # px; images are resized to it on the device
-    augment: str = "none"                # "crop_flip": RandomCrop(size, padding=size/8) + HFlip
-    mean: tuple = CIFAR_MEAN_STD[0]      # per channel, for inputs in [0, 1]
-    std: tuple = CIFAR_MEAN_STD[1]
-    pretrained: bool = False             # ImageNet weights (EfficientNet only)
-    # --- how to run it: the same for every experiment ------------------------------------
-    weights: str | None = None           # local state dict instead of the download
-    dataset: str = "all"
-    seed: int = 0
-    split_seed: int = 0                  # the 45k/5k split stays fixed across --seed
-    val_fraction: float = 0.1            # 5,000 of the 50,000 training images
-    data_dir: str = ""                   # "" -> data/ beside the scripts
-    out: str = ""                        # "" -> ex_N/ beside the scripts
-    device: str = "auto"
-    save_every: int = 10                 # epochs between epoch-N.pth files; 0 = never
-    eval_batch_size: int = 1024
-    compile: bool = False
-    amp: bool = True                     # CUDA only: bf16 where supported, else fp16 + scaler
-    smoke: bool = False
-    resume: str | None = None
-    seeds: tuple = ()                    # --seeds 0,1,2: one run folder per seed
-    tta: bool = False                    # also report horizontal-flip test-time augmentation
-    tensorboard: bool = False            # also write TensorBoard event files into the run folder
-
-    def crop_padding(self) -> int:
-        """Padding in px for RandomCrop: 4 at 32 px (the usual CIFAR recipe), 16 at 128 px (the report's)."""
-        return self.image_size // 8
-
-
-# --- checking values: one rule per field, shared by the command line and config.json -----
-
-def _number(kind: type, minimum: float, maximum: float, inclusive: bool = True):
+def number(kind: type, minimum: float, maximum: float, inclusive: bool = True) -> Callable:
     word = {int: "a whole number", float: "a number"}[kind]
 
     def check(value):
@@ -96,15 +54,17 @@ def _number(kind: type, minimum: float, maximum: float, inclusive: bool = True):
     return check
 
 
-def _choice(options: tuple):
+def choice(options) -> Callable:
+    """One of `options` (a registry's keys, or a tuple)."""
     def check(value):
-        if value not in options:
+        if not isinstance(value, str) or value not in options:
             raise ValueError(f"must be one of {', '.join(options)}, got {value!r}")
         return value
+    check.options = tuple(options)
     return check
 
 
-def _of_type(kind: type, optional: bool = False):
+def of_type(kind: type, optional: bool = False) -> Callable:
     def check(value):
         if (value is None and optional) or (isinstance(value, kind) and not (kind is int and isinstance(value, bool))):
             return value
@@ -112,178 +72,252 @@ def _of_type(kind: type, optional: bool = False):
     return check
 
 
-def _triple(value):
-    if not (isinstance(value, (list, tuple)) and len(value) == 3):
-        raise ValueError(f"expected 3 numbers, got {value!r}")
-    return tuple(_number(float, 0, 1e3)(v) for v in value)
+def numbers(kind: type, minimum: float, maximum: float, length: int | None = None, optional: bool = False):
+    """A list of numbers (a tuple in Python, a list in JSON, 'a,b,c' on the command line)."""
+    one = number(kind, minimum, maximum)
+
+    def check(value):
+        if value is None and optional:
+            return None
+        if not isinstance(value, (list, tuple)) or not value or (length and len(value) != length):
+            raise ValueError(f"expected {length or 'some'} numbers, got {value!r}")
+        return tuple(one(v) for v in value)
+    return check
 
 
-def _seed_tuple(value):
-    if not isinstance(value, (list, tuple)):
-        raise ValueError(f"expected a list of seeds, got {value!r}")
-    return tuple(_number(int, 0, SEED_MAX)(v) for v in value)
+# --- declarations -------------------------------------------------------------------------
+
+def ints(text: str) -> tuple:
+    return tuple(int(part) for part in text.split(","))
 
 
-_positive_int = _number(int, 1, 10**9)
-_count = _number(int, 0, 10**9)
-RULES = {
-    "experiment": _of_type(str), "model": _choice(MODELS), "epochs": _positive_int, "batch_size": _positive_int,
-    "optimizer": _choice(OPTIMIZERS), "lr": _number(float, 0, FLOAT32_MAX, inclusive=False),
-    "weight_decay": _number(float, 0, FLOAT32_MAX), "scheduler": _choice(SCHEDULERS), "warmup_epochs": _count,
-    "image_size": _number(int, 8, 4096), "augment": _choice(AUGMENTS), "mean": _triple, "std": _triple,
-    "pretrained": _of_type(bool), "weights": _of_type(str, optional=True), "dataset": _choice(DATASETS + ("all",)),
-    "seed": _number(int, 0, SEED_MAX), "split_seed": _number(int, 0, 2**32 - 1),
-    "val_fraction": _number(float, 0, 0.5, inclusive=False), "data_dir": _of_type(str), "out": _of_type(str),
-    "device": _of_type(str), "save_every": _count, "eval_batch_size": _positive_int, "compile": _of_type(bool),
-    "amp": _of_type(bool), "smoke": _of_type(bool), "resume": _of_type(str, optional=True), "seeds": _seed_tuple,
-    "tta": _of_type(bool), "tensorboard": _of_type(bool),
-}
-assert set(RULES) == {f.name for f in dataclasses.fields(Config)}, "every Config field needs a rule"
+def floats(text: str) -> tuple:
+    return tuple(float(part) for part in text.split(","))
 
 
-def config_from_dict(values, source: str = "config.json") -> Config:
-    """Rebuild a Config from config.json; a missing field, wrong type or impossible value is a UserError."""
+@dataclass(frozen=True)
+class Knob:
+    help: str
+    rule: Callable                 # value -> value, or ValueError with the reason
+    parse: Callable                # command-line text -> value (before the rule)
+    unit: str = ""
+    show: str | tuple = "{name} {value}"  # the header's words: a template, or (word if true, word if false)
+    changes_results: bool = True    # Options only: whether it can change the numbers (compare's key)
+    when: tuple | None = None       # Recipe only: (predicate on the recipe, the words for it); None: all recipes
+    repeat: bool = False            # the flag may be given several times; the value is the tuple of them
+
+
+def knob(default, help: str, rule: Callable, unit: str = "", show: str | tuple = "{name} {value}",
+         changes_results: bool = True, parse: Callable | None = None, when: tuple | None = None,
+         repeat: bool = False):
+    """A declared field: `parse` defaults to the default's type (tuples: comma-separated)."""
+    if parse is None:
+        kind = type(default[0]) if isinstance(default, tuple) else type(default)
+        parse = {int: int, float: float, bool: bool}.get(kind, str)
+        if isinstance(default, tuple):
+            parse = ints if kind is int else floats
+    return field(default=default, metadata={"knob": Knob(help, rule, parse, unit, show, changes_results, when, repeat)})
+
+
+def _positive() -> Callable:
+    return number(int, 1, 10**9)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What an experiment is: two runs of one recipe differ only by their seed."""
+    model: str = knob("tutorial_cnn", "network, by name (common/models.py)", choice(MODELS), show="{value}")
+    pretrained: bool = knob(False, "start from the model's ImageNet weights (downloaded once)", of_type(bool),
+                            show=("pretrained", "from scratch"),
+                            when=(lambda r: MODELS[r.model].weights is not None, "models with pretrained weights"))
+    epochs: int = knob(50, "training epochs", _positive(), "epochs", "{value} epochs")
+    batch_size: int = knob(128, "training images per optimizer step, over all processes", _positive(),
+                           "images", "batch {value}")
+    optimizer: str = knob("adam", "optimizer, by name (common/optimizers.py)", choice(OPTIMIZERS), show="{value}")
+    lr: float = knob(1e-3, "peak learning rate", number(float, 0, FLOAT32_MAX, inclusive=False), show="lr {value:g}")
+    weight_decay: float = knob(1e-4, "weight decay: an L2 term for adam and sgd, decoupled for adamw and lion",
+                               number(float, 0, FLOAT32_MAX), show="weight decay {value:g}")
+    scheduler: str = knob("none", "learning-rate schedule, by name (common/schedules.py)", choice(SCHEDULES),
+                          show="schedule {value}")
+    warmup_epochs: int = knob(0, "linear warm-up from 0.1 to 1 of the peak lr, per step, before the schedule "
+                                 "(none, cosine, step)", number(int, 0, 10**9), "epochs", "{value} warm-up epochs",
+                              when=(lambda r: SCHEDULES[r.scheduler].allows_warmup, "--scheduler none, cosine or step"))
+    step_milestones: tuple = knob((0.5, 0.75), "--scheduler step: where the lr drops, as shares of the epochs "
+                                               "after warm-up", numbers(float, 0, 1), "shares",
+                                  "milestones {value}", when=(lambda r: r.scheduler == "step", "--scheduler step"))
+    step_gamma: float = knob(0.1, "--scheduler step: the lr's factor at each milestone",
+                             number(float, 0, 1, inclusive=False), show="gamma {value:g}",
+                             when=(lambda r: r.scheduler == "step", "--scheduler step"))
+    plateau_factor: float = knob(0.5, "--scheduler plateau: the lr's factor when the validation loss stalls",
+                                 number(float, 0, 1, inclusive=False), show="plateau factor {value:g}",
+                                 when=(lambda r: r.scheduler == "plateau", "--scheduler plateau"))
+    plateau_patience: int = knob(3, "--scheduler plateau: epochs without improvement before the lr drops",
+                                 number(int, 0, 10**6), "epochs", "patience {value}",
+                                 when=(lambda r: r.scheduler == "plateau", "--scheduler plateau"))
+    image_size: int = knob(32, "side of the model's input; images are resized to it on the device",
+                           number(int, 8, 4096), "px", "{value} px")
+    augment: str = knob("none", "augmentation policy, by name (common/augment.py)", choice(AUGMENTATIONS),
+                        show="augmentation {value}")
+    mean: tuple | None = knob(None, "per-channel mean subtracted from inputs in [0, 1] (default: the model's "
+                                    "normalization)", numbers(float, -1e3, 1e3, 3, optional=True),
+                              show="mean {value}", parse=floats)
+    std: tuple | None = knob(None, "per-channel divisor of inputs in [0, 1] (default: the model's normalization)",
+                             numbers(float, 1e-6, 1e3, 3, optional=True), show="std {value}", parse=floats)
+    val_fraction: float = knob(0.1, "share of the 50,000 training images held out for validation "
+                                    "(model selection)", number(float, 0, 0.5, inclusive=False), "share",
+                               "validation {value:g}")
+    split_seed: int = knob(0, "seed of the stratified train/validation split (fixed across --seed)",
+                           number(int, 0, 2**32 - 1), show="split seed {value}")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Where and how a run runs; `changes_results` marks those that can change its numbers."""
+    seed: int = knob(0, "seed for initialisation, shuffling and augmentation", number(int, 0, SEED_MAX),
+                     changes_results=False)
+    data_dir: str = knob("", "where datasets are cached; downloaded there once if missing (default: data/ "
+                             "beside the scripts)", of_type(str), changes_results=False)
+    out: str = knob("", "output root: runs go to OUT/cifar_10/<time>/ and OUT/cifar_100/<time>/ (default: ex_N/ "
+                        "beside the scripts; ex_N_smoke/ with --smoke)", of_type(str), changes_results=False)
+    device: str = knob("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps", of_type(str),
+                       changes_results=False)
+    save_every: int = knob(10, "write epoch-N.pth (weights) every N epochs; 0: only best.pth and last.pth",
+                           number(int, 0, 10**9), "epochs", changes_results=False)
+    eval_batch_size: int = knob(1024, "images per evaluation batch", _positive(), "images",
+                                changes_results=False)
+    compile: bool = knob(False, "torch.compile the model (slower start, faster steps)", of_type(bool))
+    amp: bool = knob(True, "mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler)",
+                     of_type(bool))
+    weights: str | None = knob(None, "a local state dict to start from instead of random or downloaded weights",
+                               of_type(str, optional=True))
+    smoke: bool = knob(False, f"tiny synthetic data in the official formats, {SMOKE_EPOCHS} epochs and batch "
+                              f"{SMOKE_BATCH} unless given: the whole script offline in seconds", of_type(bool))
+    tta: bool = knob(False, "also test with horizontal-flip test-time augmentation (beside the plain metrics)",
+                     of_type(bool), changes_results=False)
+    tensorboard: bool = knob(False, "also write TensorBoard event files into the run folder", of_type(bool),
+                             changes_results=False)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What one command runs: which datasets and seeds, or which interrupted run to continue."""
+    dataset: str = knob("all", "which dataset; all: CIFAR-10, then CIFAR-100", choice(DATASETS + ("all",)))
+    seeds: tuple | None = knob(None, "comma-separated seeds, e.g. 0,1,2: one run folder per seed and dataset",
+                               numbers(int, 0, SEED_MAX, optional=True), parse=ints)
+    resume: str | None = knob(None, "continue an interrupted run (a run folder) or plan (its sweeps/NAME folder) "
+                                    "exactly as it was started; only where it runs (--device, --jobs, --launcher, "
+                                    "--slurm-*) may be given with it",
+                              of_type(str, optional=True))
+    sweep: tuple = knob((), "FIELD=V1,V2,...: one plan member per value of a recipe field; repeat the flag to "
+                            "sweep several fields (their product); values of a list field are separated by ';'",
+                        lambda v: v, parse=lambda text: sweep_values(text), repeat=True)
+    name: str | None = knob(None, "the plan's name: it lives in OUT/sweeps/NAME/, and the same command with the "
+                                  "same name continues it (default: the start time)",
+                            of_type(str, optional=True), parse=lambda text: plan_name(text))
+    jobs: int = knob(1, "plan members run at once on this machine, each a process with its share of the CPU "
+                        "threads (on a GPU, sharing it)", number(int, 1, 256))
+    launcher: str = knob("local", "local: run the plan here; slurm: submit it as one job array (submitit)",
+                         choice(("local", "slurm")))
+    slurm_partition: str | None = knob(None, "Slurm partition (default: the cluster's)", of_type(str, optional=True))
+    slurm_time: int = knob(60, "Slurm time limit of one member's task", number(int, 1, 10**6), "minutes")
+    slurm_gpus: int = knob(0, "GPUs per Slurm task", number(int, 0, 64))
+    slurm_cpus: int = knob(2, "CPUs per Slurm task (its torch threads)", number(int, 1, 1024))
+    slurm_parallel: int = knob(0, "tasks of the array running at once (its % limit; 0: no limit)",
+                               number(int, 0, 10**6))
+    dry_run: bool = knob(False, "print what would run (the resolved recipe and options, as JSON) and exit, "
+                                "writing nothing", of_type(bool))
+
+
+def sweep_values(text: str) -> tuple:
+    """'lr=0.001,0.003' -> ('lr', (0.001, 0.003)), each value read by the field's own parse and rule;
+    a list field's values are separated by ';' (--sweep mean=0.5,0.5,0.5;0.4,0.4,0.4)."""
+    name, sep, values = text.partition("=")
+    name = name.strip().replace("-", "_")
+    fields = knobs(Recipe)
+    if not sep or name not in fields or not values:
+        raise ValueError(f"expected FIELD=V1,V2,... with FIELD a recipe field ({', '.join(fields)}), got {text!r}")
+    k, default = fields[name]
+    parts = values.split(";") if isinstance(default, tuple) or name in ("mean", "std") else values.split(",")
+    parsed = []
+    for part in parts:
+        try:
+            parsed.append(k.rule(k.parse(part.strip()) if k.parse is not bool else _boolean(part)))
+        except ValueError as e:
+            raise ValueError(f"{name}={part.strip()}: {e}") from None
+    if len(set(map(str, parsed))) != len(parsed):
+        raise ValueError(f"{name}'s values must be distinct, got {values!r}")
+    return name, tuple(parsed)
+
+
+def _boolean(text: str) -> bool:
+    words = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+    if text.strip().lower() not in words:
+        raise ValueError(f"expected true or false, got {text!r}")
+    return words[text.strip().lower()]
+
+
+def plan_name(text: str) -> str:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.=,+-]{0,99}", text):
+        raise ValueError(f"a plan name is a folder name of letters, digits and _.=,+- , got {text!r}")
+    return text
+
+
+def knobs(cls) -> dict:
+    """{field name: (Knob, default)} of a declared dataclass, in declaration order."""
+    return {f.name: (f.metadata["knob"], f.default) for f in fields(cls)}
+
+
+def applies(k: Knob, recipe: Recipe) -> bool:
+    return k.when is None or bool(k.when[0](recipe))
+
+
+def recipe_key_fields() -> tuple:
+    """The fields two runs must share to be seeds of one recipe (compare's rows)."""
+    return tuple(knobs(Recipe)) + tuple(n for n, (k, _) in knobs(Options).items() if k.changes_results)
+
+
+# --- dicts (config.json) <-> dataclasses -----------------------------------------------
+
+def from_dict(cls, values, source: str) -> tuple:
+    """(instance, names filled from defaults): every field checked by its rule; unknown keys are ignored."""
     if not isinstance(values, dict):
-        raise UserError(f"{source}: 'config' is not an object")
-    clean = {}
-    for name, rule in RULES.items():
+        raise UserError(f"{source} is not an object")
+    clean, defaulted = {}, []
+    for name, (k, default) in knobs(cls).items():
         if name not in values:
-            raise UserError(f"{source}: config has no '{name}'; it was not written by this repo")
+            defaulted.append(name)
+            continue
+        value = values[name]
         try:
-            clean[name] = rule(values[name])
+            clean[name] = k.rule(tuple(value) if isinstance(value, list) else value)
         except ValueError as e:
-            raise UserError(f"{source}: config field '{name}' {e}") from None
-    if clean["warmup_epochs"] and clean["warmup_epochs"] >= clean["epochs"]:
-        raise UserError(f"{source}: warmup_epochs ({clean['warmup_epochs']}) must be less than epochs")
-    return Config(**clean)
+            raise UserError(f"{source}: field '{name}' {e}") from None
+    return cls(**clean), defaulted
 
 
-def load_run_record(run_dir: str) -> tuple[Config, dict]:
-    """(Config, the whole config.json) of a run folder, validated."""
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
-        raise UserError(f"{run_dir} is not a run folder (no config.json)")
-    try:
-        with open(path) as f:
-            record = json.load(f)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is damaged: {e}") from None
-    if not isinstance(record, dict) or record.get("dataset") not in DATASETS:
-        raise UserError(f"{path} is damaged: no dataset named")
-    if not isinstance(record.get("resumes", []), list):
-        raise UserError(f"{path} is damaged: 'resumes' is not a list")
-    return config_from_dict(record.get("config"), path), record
+def to_dict(obj) -> dict:
+    return {f.name: list(v) if isinstance(v := getattr(obj, f.name), tuple) else v for f in fields(obj)}
 
 
-# --- the command line --------------------------------------------------------------------
-
-def _flag_type(rule, parse):
-    """An argparse type: parse the text, then apply the field's rule; failures are usage errors."""
-    def convert(text: str):
-        try:
-            return rule(parse(text))
-        except ValueError as e:
-            message = str(e) if "must" in str(e) or "expected" in str(e) else f"expected a number, got {text!r}"
-            raise argparse.ArgumentTypeError(message) from None
-    return convert
-
-
-def _seed_list(text: str) -> tuple:
-    try:
-        seeds = _seed_tuple([int(part) for part in text.split(",")])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seeds like 0,1,2 (0 to {SEED_MAX}), got {text!r}") from None
-    if len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"seeds must be distinct, got {text!r}")
-    return seeds
+def header_words(recipe: Recipe) -> list:
+    """The recipe as the run header shows it: each field's `show` template, in declaration order."""
+    words = []
+    for name, (k, _) in knobs(Recipe).items():
+        value = getattr(recipe, name)
+        if not applies(k, recipe):
+            continue
+        if isinstance(k.show, tuple):  # a boolean's two words
+            words.append(k.show[0] if value else k.show[1])
+        else:
+            shown = ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else value
+            words.append(k.show.format(name=name.replace("_", " "), value=shown))
+    return words
 
 
-def build_parser(config: Config, description: str) -> argparse.ArgumentParser:
-    """Every flag defaults to 'not given' (SUPPRESS); the help shows the recipe's value."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                argument_default=argparse.SUPPRESS)
-    number = {name: _flag_type(RULES[name], int if isinstance(getattr(config, name), int) else float)
-              for name in ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "seed", "save_every")}
-    add = p.add_argument
-    add("--dataset", choices=DATASETS + ("all",),
-        help=f"which dataset to train on; 'all' runs CIFAR-10, then CIFAR-100 (default: {config.dataset})")
-    add("--epochs", type=number["epochs"], help=f"epochs to train (default: {config.epochs}; --smoke: {SMOKE_EPOCHS})")
-    add("--batch-size", type=number["batch_size"],
-        help=f"training batch size (default: {config.batch_size}; --smoke: {SMOKE_BATCH})")
-    add("--lr", type=number["lr"], help=f"peak learning rate (default: {config.lr:g})")
-    add("--weight-decay", type=number["weight_decay"], help=f"weight decay (default: {config.weight_decay:g})")
-    add("--scheduler", choices=SCHEDULERS,
-        help=f"learning-rate schedule, stepped once per epoch (default: {config.scheduler})")
-    add("--warmup-epochs", type=number["warmup_epochs"],
-        help=f"linear warm-up epochs before the schedule (default: {config.warmup_epochs})")
-    add("--seed", type=number["seed"], help=f"seed for initialisation, shuffling and augmentation (default: {config.seed})")
-    add("--seeds", type=_seed_list, help="comma-separated seeds, e.g. 0,1,2: one run folder per seed and dataset")
-    add("--data-dir", help="where datasets are cached; downloaded there once if missing "
-                           "(default: data/ beside the scripts, wherever you run them from)")
-    add("--out", help="output root; runs go to OUT/cifar_10/<time>/ and OUT/cifar_100/<time>/ "
-                      "(default: ex_N/ beside the scripts; ex_N_smoke/ with --smoke)")
-    add("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps (default: auto)")
-    add("--save-every", type=number["save_every"],
-        help=f"write epoch-N.pth (weights) every N epochs; 0 = only best.pth and last.pth "
-             f"(default: {config.save_every}; --smoke: {SMOKE_SAVE_EVERY})")
-    add("--compile", action="store_true", help="torch.compile the model (slower start, faster steps)")
-    add("--no-amp", dest="amp", action="store_false", help="disable mixed precision on CUDA")
-    add("--tta", action="store_true",
-        help="also test with horizontal-flip test-time augmentation (reported beside the plain metrics)")
-    add("--tensorboard", action="store_true",
-        help="also write TensorBoard event files into the run folder (needs the tensorboard package)")
-    add("--resume", metavar="RUN_DIR",
-        help="continue an interrupted run in its own folder from its last.pth, exactly as it was started "
-             "(only --device may be given with it)")
-    add("--smoke", action="store_true",
-        help=f"tiny synthetic data in the official formats, {SMOKE_EPOCHS} epochs unless --epochs: "
-             f"checks the whole script offline in seconds")
-    if config.model == "efficientnet_v2_s":
-        add("--weights", metavar="PATH",
-            help="local EfficientNetV2-S state dict to start from instead of downloading ImageNet weights")
-        add("--no-pretrained", dest="pretrained", action="store_false", help="train from scratch (random initialisation)")
-    return p
+def resolved_recipe(recipe: Recipe) -> Recipe:
+    """Defaults that depend on other fields filled in: the model's normalization."""
+    mean, std = MODELS[recipe.model].normalization
+    return dataclasses.replace(recipe, mean=recipe.mean or mean, std=recipe.std or std)
 
-
-RESUME_FLAGS = {"resume", "device"}  # what --resume can honour; everything else is the saved run's
-
-
-def resolve(recipe: Config, description: str, argv: list[str] | None, repo_root: str) -> Config:
-    """The config that runs: recipe <- flags given <- smoke rules <- repo defaults (or --resume's saved config).
-
-    Impossible values are usage errors (exit 2) before anything is created.
-    """
-    parser = build_parser(recipe, description)
-    given = vars(parser.parse_args(argv))
-    if "device" in given:
-        from common.devices import check_device
-        problem = check_device(given["device"])
-        if problem:
-            parser.error(f"--device: {problem}")
-    if "resume" in given:
-        extra = sorted(set(given) - RESUME_FLAGS)
-        if extra:
-            flags = ", ".join("--" + name.replace("_", "-") for name in extra)
-            parser.error(f"--resume continues a run exactly as it was started, so it cannot honour {flags}; "
-                         f"start a new run to change them")
-        return dataclasses.replace(recipe, **given)  # the saved config is read by experiment.resume
-    cfg = dataclasses.replace(recipe, **given)
-    cfg = dataclasses.replace(cfg, data_dir=cfg.data_dir or os.path.join(repo_root, "data"),
-                              out=cfg.out or os.path.join(repo_root, cfg.experiment + ("_smoke" if cfg.smoke else "")))
-    if cfg.smoke:  # offline by construction: synthetic data, no download of weights; every file written
-        cfg = dataclasses.replace(
-            cfg, pretrained=False, weights=None, epochs=given.get("epochs", SMOKE_EPOCHS),
-            batch_size=given.get("batch_size", SMOKE_BATCH), save_every=given.get("save_every", SMOKE_SAVE_EVERY),
-            data_dir=os.path.join(cfg.data_dir, "synthetic", smoke_kind(cfg.model)))
-    _check_combination(parser, cfg)
-    return cfg
-
-
-def _check_combination(parser: argparse.ArgumentParser, cfg: Config) -> None:
-    if cfg.weights and not os.path.isfile(cfg.weights):
-        parser.error(f"--weights: no such file: {cfg.weights}")
-    if cfg.warmup_epochs and cfg.warmup_epochs >= cfg.epochs:
-        parser.error(f"--warmup-epochs ({cfg.warmup_epochs}) must be less than --epochs ({cfg.epochs})")
-    train_images = TRAIN_IMAGES - round(cfg.val_fraction * TRAIN_IMAGES)
-    if not cfg.smoke and cfg.batch_size > train_images:
-        parser.error(f"--batch-size {cfg.batch_size} is larger than the {train_images:,}-image training split")

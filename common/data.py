@@ -9,20 +9,21 @@ dicts, lists, strings, numbers and numpy arrays, so a crafted data file cannot r
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
-import shutil
 import tarfile
-import tempfile
 import urllib.parse
 import urllib.request
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from common.errors import UserError, os_reason
+from common.errors import UserError, first_line, os_reason
+from common.files import atomic_folder
 
 OFFICIAL_BASE_URL = "https://www.cs.toronto.edu/~kriz/"
 MIRROR_ENV = "CIFAR_MIRROR"  # optional base that replaces OFFICIAL_BASE_URL: http(s)://, file:// or a folder
@@ -34,6 +35,7 @@ class DatasetSpec:
     folder: str          # what the archive unpacks to, under --data-dir
     archive: str
     md5: str             # of the archive (the batch files themselves are not checked)
+    size: int            # bytes of the official archive: a download is cut off beyond it
     train_files: tuple
     test_files: tuple
     label_key: str
@@ -54,11 +56,11 @@ class DatasetSpec:
 
 SPECS = {
     "cifar10": DatasetSpec("cifar10", "cifar-10-batches-py", "cifar-10-python.tar.gz",
-                           "c58f30108f718f92721af3b95e74349a",
+                           "c58f30108f718f92721af3b95e74349a", 170_498_071,
                            tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
                            "labels", "batches.meta", "label_names", 10),
     "cifar100": DatasetSpec("cifar100", "cifar-100-python", "cifar-100-python.tar.gz",
-                            "eb9058c3a382ffc7106e4002c42a8d85",
+                            "eb9058c3a382ffc7106e4002c42a8d85", 169_001_437,
                             ("train",), ("test",), "fine_labels", "meta", "fine_label_names", 100),
 }
 
@@ -137,12 +139,22 @@ def load_cifar(spec: DatasetSpec, data_dir: str, download: bool = True) -> Cifar
         download_archive(spec, data_dir)
     train_x, train_y = _read_split(root, spec.train_files, spec)
     test_x, test_y = _read_split(root, spec.test_files, spec)
-    meta = safe_unpickle(os.path.join(root, spec.meta_file))
-    classes = [c.decode("latin1") if isinstance(c, bytes) else str(c) for c in meta.get(spec.names_key, [])]
-    if len(classes) != spec.num_classes:
-        raise UserError(f"{os.path.join(root, spec.meta_file)}: expected {spec.num_classes} class names "
-                        f"under '{spec.names_key}', found {len(classes)}")
-    return CifarData(train_x, train_y, test_x, test_y, classes)
+    for split, labels in (("training", train_y), ("test", test_y)):
+        if len(labels) == 0:
+            raise UserError(f"{root} holds no {split} images; delete the folder to download it again")
+    return CifarData(train_x, train_y, test_x, test_y, _class_names(root, spec))
+
+
+def _class_names(root: str, spec: DatasetSpec) -> list:
+    path = os.path.join(root, spec.meta_file)
+    names = safe_unpickle(path).get(spec.names_key)
+    if not (isinstance(names, (list, tuple)) and all(isinstance(c, (str, bytes)) for c in names)):
+        raise UserError(f"{path}: '{spec.names_key}' must be a list of {spec.num_classes} class names; delete the "
+                        f"folder to download it again")
+    if len(names) != spec.num_classes:
+        raise UserError(f"{path}: expected {spec.num_classes} class names under '{spec.names_key}', "
+                        f"found {len(names)}")
+    return [c.decode("latin1") if isinstance(c, bytes) else c for c in names]
 
 
 def fingerprint(spec: DatasetSpec, data_dir: str) -> str:
@@ -151,8 +163,6 @@ def fingerprint(spec: DatasetSpec, data_dir: str) -> str:
 
 
 def file_digest(path: str, algorithm: str) -> str:
-    import hashlib
-
     digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -163,9 +173,9 @@ def file_digest(path: str, algorithm: str) -> str:
 def download_archive(spec: DatasetSpec, data_dir: str) -> None:
     """Download (or take from CIFAR_MIRROR), md5-check and unpack the official archive.
 
-    The archive is unpacked into a temporary folder beside the dataset's and renamed into
-    place when complete, so a failure leaves no partial dataset folder; members that would
-    land outside it (absolute paths, '..', links out) are refused by tarfile's 'data' filter.
+    The archive is unpacked under a temporary name and renamed into place when complete
+    (common.files), so a failure leaves no partial dataset folder; members that would land
+    outside it (absolute paths, '..', links out) are refused by tarfile's 'data' filter.
     """
     from common.download import fetch
 
@@ -174,7 +184,7 @@ def download_archive(spec: DatasetSpec, data_dir: str) -> None:
     if not (os.path.isfile(archive) and file_digest(archive, "md5") == spec.md5):
         print(f"{spec.name} is not in {os.path.abspath(data_dir)}: downloading {url}", flush=True)
         try:
-            fetch(url, archive, "md5", spec.md5, what=f"{spec.name} archive")
+            fetch(url, archive, "md5", spec.md5, what=f"{spec.name} archive", max_bytes=spec.size)
         except UserError as e:
             raise UserError(f"{e}. {spec.name} is not in {os.path.abspath(os.path.join(data_dir, spec.folder))}; "
                             f"ways out: unpack {spec.archive} into {os.path.abspath(data_dir)} yourself, set "
@@ -184,25 +194,26 @@ def download_archive(spec: DatasetSpec, data_dir: str) -> None:
 
 
 def _unpack(archive: str, data_dir: str, spec: DatasetSpec) -> None:
-    try:
-        tmp = tempfile.mkdtemp(dir=data_dir, prefix=spec.folder + ".unpacking-")
-    except OSError as e:
-        raise UserError(f"cannot unpack into {os.path.abspath(data_dir)}: {os_reason(e)}") from None
-    try:
-        with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
-        unpacked = os.path.join(tmp, spec.folder)
-        if not os.path.isdir(unpacked):
-            raise UserError(f"{archive} holds no {spec.folder}/ folder; delete it and try again")
-        os.rename(unpacked, os.path.join(data_dir, spec.folder))
-    except tarfile.FilterError as e:
-        raise UserError(f"{archive} was refused: {e} (a member would land outside {data_dir}); delete it") from None
-    except (tarfile.TarError, EOFError) as e:
-        raise UserError(f"cannot unpack {archive}: {e}; delete it and try again") from None
-    except OSError as e:
-        raise UserError(f"cannot unpack {archive} into {os.path.abspath(data_dir)}: {os_reason(e)}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    """The archive's `spec.folder/` becomes data_dir/spec.folder, in one rename."""
+    def fill(folder: str) -> None:
+        try:
+            with tarfile.open(archive) as tar:
+                members = []
+                for member in tar.getmembers():
+                    member = tarfile.data_filter(member, folder)  # refuses members that would escape
+                    head, _, rest = member.name.partition("/")
+                    if head == spec.folder and rest:
+                        members.append(member.replace(name=rest, deep=False))
+                if not members:
+                    raise UserError(f"{archive} holds no {spec.folder}/ folder; delete it and try again")
+                tar.extractall(folder, members=members, filter="data")
+        except tarfile.FilterError as e:
+            raise UserError(f"{archive} was refused: {e} (a member would land outside {data_dir}); "
+                            f"delete it") from None
+        except (tarfile.TarError, EOFError, zlib.error) as e:
+            raise UserError(f"cannot unpack {archive}: {first_line(e)}; delete it and try again") from None
+
+    atomic_folder(os.path.join(data_dir, spec.folder), fill, what=f"the unpacked {spec.archive}")
 
 
 # --- the split ---------------------------------------------------------------------------
@@ -256,19 +267,9 @@ def make_synthetic(spec: DatasetSpec, data_dir: str, train_per_class: int, test_
     names = [f"class_{c:03d}" for c in range(k)]
     train_data, train_labels = images(train_per_class)
     test_data, test_labels = images(test_per_class)
-    tmp = None
-    try:
-        os.makedirs(data_dir, exist_ok=True)
-        tmp = tempfile.mkdtemp(dir=data_dir, prefix=spec.folder + ".tmp-")  # unique: parallel runs may race
-        _write_official_layout(tmp, spec, names, train_data, train_labels, test_data, test_labels)
-    except OSError as e:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"cannot write synthetic data into {os.path.abspath(data_dir)}: {os_reason(e)}") from None
-    try:
-        os.rename(tmp, root)
-    except OSError:  # another process finished first; its copy is identical
-        shutil.rmtree(tmp, ignore_errors=True)
+    # parallel runs may race to write it: the first rename wins, the copies are identical
+    atomic_folder(root, lambda folder: _write_official_layout(folder, spec, names, train_data, train_labels,
+                                                              test_data, test_labels), what="synthetic data")
     return root
 
 

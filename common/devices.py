@@ -40,7 +40,8 @@ def check_device(name: str) -> str | None:
     return None
 
 
-def select_device(name: str) -> torch.device:
+def select_device(name: str, saved: bool = False) -> torch.device:
+    """`saved`: the name came from a run's config.json (--resume), so say how to pick another."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -49,7 +50,8 @@ def select_device(name: str) -> torch.device:
         return torch.device("cpu")
     problem = check_device(name)
     if problem:
-        raise UserError(problem)
+        raise UserError(f"{problem}; this run's config.json names device {name!r}: resume it with --device cpu "
+                        f"(or another device) to continue here" if saved else problem)
     return torch.device(name)
 
 
@@ -76,13 +78,10 @@ def autocast(device: torch.device, dtype):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
-# channels_last is the layout tensor cores want on CUDA; on a CPU the benchmark found it faster
-# for the 3-block CNN's 3x3 convolutions and slower for the tutorial CNN's 5x5 ones.
-CPU_CHANNELS_LAST_MODELS = {"three_block_cnn"}
-
-
-def use_channels_last(device: torch.device, model_name: str) -> bool:
-    return device.type == "cuda" or (device.type == "cpu" and model_name in CPU_CHANNELS_LAST_MODELS)
+def use_channels_last(device: torch.device, cpu_channels_last: bool) -> bool:
+    """channels_last is the layout tensor cores want on CUDA; on a CPU it depends on the model
+    (its entry's cpu_channels_last, from the benchmark)."""
+    return device.type == "cuda" or (device.type == "cpu" and cpu_channels_last)
 
 
 def memory_format(channels_last: bool):

@@ -1,7 +1,12 @@
 """One experiment on one dataset, top to bottom: data -> model -> fit -> test -> run folder.
 
-`main(CONFIG, __doc__)` is what every ex_N.py calls. The per-epoch loop lives here, in
-the open, so the recipe can be read in one place; the pieces come from common.*.
+    run(experiment, recipe, options, dataset)   # a new run; returns its run folder
+    resume(run_dir)                             # continue an interrupted one in place
+
+Both are plain functions for use from Python: they install no signal handler, never exit
+the process and leave stdout alone. A user's mistake raises common.errors.UserError; a stop
+(Ctrl-C, or a signal the caller turned into KeyboardInterrupt) marks the run interrupted and
+propagates. The epoch loop lives here, in the open; the pieces come from common.*.
 """
 from __future__ import annotations
 
@@ -9,153 +14,151 @@ import contextlib
 import dataclasses
 import io
 import os
-import signal
-import sys
+import shlex
 import time
 
 import torch
 
-from common import distributed, plots, runlog
+from common import REPO_ROOT, distributed, plots, runfolder, schedules
 from common.augment import Preprocess
-from common.config import SMOKE_SIZES, Config, load_run_record, resolve, smoke_kind
+from common.config import SMOKE_SIZES, Options, Recipe, header_words, knobs, resolved_recipe, to_dict
 from common.data import SPECS, CifarData, fingerprint, load_cifar, make_synthetic, stratified_split
-from common.devices import (amp_dtype, describe, memory_format, request_huge_pages, select_device,
-                            use_channels_last)
+from common.devices import amp_dtype, describe, memory_format, select_device, use_channels_last
 from common.errors import UserError, first_line
 from common.metrics import classification_metrics
-from common.models import build_model, count_parameters
-from common.train import build_optimizer, build_scheduler, epoch_seed, evaluate, predict, step_scheduler, train_one_epoch
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class Stopped(KeyboardInterrupt):
-    """Ctrl-C (SIGINT) or SIGTERM (kill, Slurm, Kubernetes): stop, mark the run interrupted, exit 128 + signal."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+from common.models import MODELS, build_model, count_parameters
+from common.torchfiles import load_state
+from common.optimizers import build_optimizer
+from common.train import epoch_seed, evaluate, predict, steps_per_epoch, train_one_epoch
 
 
-def _stop_on_signals() -> None:
-    def stop(signum, frame):
-        for s in (signal.SIGINT, signal.SIGTERM):  # stopping already: a second signal must not cut the clean-up short
-            signal.signal(s, signal.SIG_IGN)
-        raise Stopped(signum)
 
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, stop)
+@dataclasses.dataclass
+class Session:
+    """Everything one run needs in memory: its data on the device, its model and training state."""
+    experiment: str
+    recipe: Recipe
+    options: Options
+    dataset: str
+    data: CifarData
+    train_idx: torch.Tensor
+    val_idx: torch.Tensor
+    device: torch.device
+    dtype: object
+    state: runfolder.TrainingState
+    step_model: torch.nn.Module
+    preprocess: Preprocess
+    images: torch.Tensor
+    labels: torch.Tensor
+    summary: str
 
+    @property
+    def tag(self) -> str:
+        return f"{self.experiment} {self.dataset} seed {self.options.seed}"
 
-def main(config: Config, description: str, argv: list[str] | None = None) -> list[str]:
-    """Parse the command line, run each dataset, return the run folders. User errors exit 1."""
-    cfg = resolve(config, description, argv, REPO_ROOT)  # usage errors exit 2 here, before anything exists
-    request_huge_pages()  # before the data is loaded
-    _stop_on_signals()
-    distributed.setup()
-    if not distributed.is_main():
-        sys.stdout = open(os.devnull, "w")  # one process speaks; errors still reach stderr
-    try:
-        if cfg.resume:
-            return [resume(cfg)]
-        datasets = ["cifar10", "cifar100"] if cfg.dataset == "all" else [cfg.dataset]
-        for name in datasets:  # fail on an unwritable output folder before any training
-            if distributed.is_main():
-                runlog.check_writable(os.path.join(cfg.out, SPECS[name].run_folder))
-        return [run_dataset(dataclasses.replace(cfg, seed=seed, seeds=()), name, recipe=config)
-                for seed in cfg.seeds or (cfg.seed,) for name in datasets]
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except Stopped as e:
-        sys.exit(128 + e.signum)
-    except KeyboardInterrupt:
-        sys.exit(128 + signal.SIGINT)
-    finally:
-        distributed.cleanup()
+    @property
+    def split(self) -> dict:
+        return {"train": len(self.train_idx), "val": len(self.val_idx), "test": len(self.data.test_y),
+                "split_seed": self.recipe.split_seed}
 
 
-def load_data(cfg: Config, name: str) -> CifarData:
-    spec = SPECS[name]
-    print(f"loading {name} from {cfg.data_dir} ...", flush=True)
-    if cfg.smoke:
-        make_synthetic(spec, cfg.data_dir, *SMOKE_SIZES[smoke_kind(cfg.model)][name])
-        return load_cifar(spec, cfg.data_dir, download=False)
-    return load_cifar(spec, cfg.data_dir)
-
-
-def run_dataset(cfg: Config, name: str, recipe: Config | None = None, resume_from: tuple | None = None) -> str:
+def run(experiment: str, recipe: Recipe, options: Options, dataset: str, run_dir: str | None = None,
+        script_recipe: Recipe | None = None) -> str:
     """Train on the 45k split, pick the best epoch on the 5k validation split, test it once.
 
-    resume_from: (run_dir, its config.json, its last.pth or None) to continue a run in place.
+    run_dir: None for a new timestamped folder under options.out; else this folder (created if
+    missing; an interrupted run in it is resumed, a complete one is an error).
     """
-    spec = SPECS[name]
-    data = load_data(cfg, name)
-    train_idx, val_idx = stratified_split(data.train_y, cfg.val_fraction, cfg.split_seed)
-    if cfg.batch_size > len(train_idx):
-        raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(train_idx)}-image training split")
-    device = select_device(distributed.local_device_name(cfg.device))
-    dtype = amp_dtype(device, cfg.amp)
+    if run_dir and os.path.isfile(runfolder.path(run_dir, runfolder.CONFIG)):
+        return resume(run_dir, experiment=experiment)
+    recipe = resolved_recipe(recipe)  # the model's normalization where the recipe leaves it open
+    session = prepare(experiment, recipe, options, dataset)
+    if not distributed.is_main():
+        return _fit_and_test(session, distributed.broadcast(None), resumed=None)
+    if run_dir:
+        os.makedirs(run_dir, exist_ok=True)
+    folder = run_dir or runfolder.create(os.path.join(options.out, runfolder.DATASET_FOLDERS[dataset]))
+    with runfolder.locked(folder):
+        runfolder.claim(folder)
+        _write_new_run(session, folder, resolved_recipe(script_recipe or recipe))
+        return _fit_and_test(session, distributed.broadcast(folder), resumed=None)
+
+
+def resume(run_dir: str, device: str | None = None, experiment: str | None = None) -> str:
+    """Continue run_dir from its last.pth with the recipe and options it was started with
+    (`device` may differ); the data and the process count must be what they were."""
+    record = runfolder.read_config(run_dir)
+    if experiment and record.experiment != experiment:
+        raise UserError(f"{run_dir} is a run of {record.experiment}, not {experiment}; resume it with "
+                        f"python {script_path(record.experiment)} --resume {shlex.quote(run_dir)}")
+    options = dataclasses.replace(record.options, device=device or record.options.device)
+    with runfolder.locked(run_dir) if distributed.is_main() else contextlib.nullcontext():
+        if runfolder.is_complete(run_dir):
+            raise UserError(f"{run_dir} is complete (it has {runfolder.TEST}); start a new run instead")
+        checkpoint = runfolder.load_last(run_dir, record.experiment, record.dataset, record.recipe.epochs)
+        if record.processes != distributed.world_size():
+            raise UserError(f"{run_dir} was trained by {record.processes} process(es), this is "
+                            f"{distributed.world_size()}: resume it as it was started (torchrun --nproc_per_node="
+                            f"{record.processes}), or the numbers would change")
+        session = prepare(record.experiment, record.recipe, options, record.dataset, record=record)
+        if checkpoint is not None:
+            runfolder.restore_state(run_dir, checkpoint, session.state, record.recipe.lr)
+        if distributed.is_main():
+            runfolder.claim(run_dir)
+            _clear_leftovers(run_dir)
+            runfolder.record_resume(run_dir, record.raw, session.state.saved_epochs, REPO_ROOT)
+        print(f"resuming {run_dir} from {'last.pth, epoch ' + str(session.state.saved_epochs) if checkpoint else 'the start'}"
+              f" ({record.recipe.epochs} epochs planned)", flush=True)
+        if record.defaulted:
+            print(f"  {runfolder.CONFIG} lacks {', '.join(record.defaulted)} (written by an older version): "
+                  f"read with their defaults", flush=True)
+        return _fit_and_test(session, run_dir, resumed=record)
+
+
+def _clear_leftovers(run_dir: str) -> None:
+    from common.files import remove_stale_temp_files
+
+    remove_stale_temp_files(run_dir)  # temp files of writes cut short by a SIGKILL
+
+
+def prepare(experiment: str, recipe: Recipe, options: Options, dataset: str, record=None) -> Session:
+    """Data, split, device, model, optimizer and preprocessing, in this order (the seed sets the model)."""
+    data = load_data(recipe, options, dataset)
+    if record is not None and record.data_sha256 and fingerprint(SPECS[dataset], options.data_dir) != record.data_sha256:
+        raise UserError(f"the data in {options.data_dir} changed since this run started (its test file's sha256 "
+                        f"was {record.data_sha256[:12]}..., now {fingerprint(SPECS[dataset], options.data_dir)[:12]}...)"
+                        f": resume it on the data it started on, or start a new run")
+    train_idx, val_idx = stratified_split(data.train_y, recipe.val_fraction, recipe.split_seed)
+    per_process = recipe.batch_size // distributed.world_size()
+    if recipe.batch_size % distributed.world_size() or per_process < 2:
+        raise UserError(f"--batch-size {recipe.batch_size} does not split into {distributed.world_size()} equal "
+                        f"batches of at least 2 (one per process)")
+    if recipe.batch_size > len(train_idx):
+        raise UserError(f"--batch-size {recipe.batch_size} is larger than the {len(train_idx)}-image training split")
+    device = select_device(distributed.local_device_name(options.device), saved=record is not None)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed input sizes: let cuDNN pick the fastest kernels
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, spec.num_classes)
-    summary = model_summary(model, cfg.image_size)
-    channels_last = use_channels_last(device, cfg.model)
+    torch.manual_seed(options.seed)
+    model = build_model(recipe.model, len(data.classes), recipe.image_size, recipe.pretrained, options.weights)
+    summary = model_summary(model, recipe.image_size)
+    channels_last = use_channels_last(device, MODELS[recipe.model].cpu_channels_last)
     model = model.to(device, memory_format=memory_format(channels_last))
-    optimizer = build_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay)
-    state = runlog.TrainingState(model, optimizer, build_scheduler(cfg.scheduler, optimizer, cfg.epochs,
-                                                                   cfg.warmup_epochs),
-                                 torch.amp.GradScaler("cuda") if dtype == torch.float16 else None)
-    step_model = _step_model(model, device, cfg.compile)
-    preprocess = Preprocess(cfg.image_size, cfg.mean, cfg.std, cfg.crop_padding(), device, channels_last,
-                            augment=cfg.augment == "crop_flip")
-    images, labels = data.train_x.to(device), data.train_y.to(device)
-    split = {"train": len(train_idx), "val": len(val_idx), "test": len(data.test_y), "split_seed": cfg.split_seed}
-    run_dir = _open_run_folder(cfg, recipe, name, state, resume_from, data, split, device, summary)
-    writer = runlog.tensorboard_writer(run_dir) if cfg.tensorboard and distributed.is_main() else None
-    print_header(cfg, name, device, split, count_parameters(model), run_dir)
-    tag = f"{cfg.experiment} {name} seed {cfg.seed}"
-    try:
-        for epoch in range(len(state.history), cfg.epochs):
-            lr = optimizer.param_groups[0]["lr"]
-            torch.manual_seed(epoch_seed(cfg.seed, epoch))  # dropout / stochastic depth
-            train = train_one_epoch(step_model, optimizer, images, labels, train_idx, preprocess=preprocess,
-                                    batch_size=max(2, cfg.batch_size // distributed.world_size()),
-                                    generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch)),
-                                    dtype=dtype, scaler=state.scaler, desc=f"{tag} epoch {epoch + 1}/{cfg.epochs}")
-            val = evaluate(model, images, labels, val_idx, preprocess, cfg.eval_batch_size, dtype)
-            if not (torch.isfinite(torch.tensor(train["loss"])) and torch.isfinite(torch.tensor(val["loss"]))):
-                raise UserError(f"the loss became {train['loss']} in epoch {epoch + 1}; stopped. last.pth "
-                                f"keeps epoch {epoch}; try a lower --lr")
-            step_scheduler(state.scheduler, val["loss"])
-            state.history.append(runlog.epoch_record(epoch + 1, train, val, lr))
-            improved = val["accuracy"] > state.best["val_accuracy"]
-            if improved:
-                state.best = {"epoch": epoch + 1, "val_accuracy": val["accuracy"]}
-            if distributed.is_main():
-                runlog.save_training_state(run_dir, state, cfg.experiment, name, dataclasses.asdict(cfg),
-                                           cfg.save_every, improved)
-                write_train_json(run_dir, cfg, name, state, "running")
-            log_epoch(tag, cfg.epochs, state.history[-1], improved, writer)
-        write_train_json(run_dir, cfg, name, state, "completed")
-    except KeyboardInterrupt:
-        write_train_json(run_dir, cfg, name, state, "interrupted")
-        print(f"\ninterrupted; {len(state.history)} epochs are saved in {run_dir}/last.pth. Resume with:\n"
-              f"  python {_script_path(cfg.experiment)} --resume {run_dir}", file=sys.stderr)
-        raise
-    except BaseException as e:
-        write_train_json(run_dir, cfg, name, state, "failed", error=first_line(e, 1000))
-        raise
-    if distributed.is_main():
-        plots.plot_curves(state.history, "loss", "cross-entropy loss", f"{tag}: loss", os.path.join(run_dir, "loss.png"))
-        plots.plot_curves(state.history, "accuracy", "accuracy", f"{tag}: accuracy",
-                          os.path.join(run_dir, "accuracy.png"))
-    distributed.barrier()  # best.pth is on disk for every process
-    test_best_checkpoint(cfg, run_dir, model, data, preprocess, dtype, tag, writer)
-    if writer is not None:
-        writer.close()
-    print(f"done: {run_dir}", flush=True)
-    return run_dir
+    dtype = amp_dtype(device, options.amp)
+    state = runfolder.TrainingState(model, build_optimizer(recipe.optimizer, model.parameters(), recipe.lr,
+                                                           recipe.weight_decay),
+                                    torch.amp.GradScaler("cuda") if dtype == torch.float16 else None)
+    preprocess = Preprocess(recipe.image_size, recipe.mean, recipe.std, device, channels_last, recipe.augment)
+    return Session(experiment, recipe, options, dataset, data, train_idx, val_idx, device, dtype, state,
+                   _step_model(model, device, options.compile), preprocess, data.train_x.to(device),
+                   data.train_y.to(device), summary)
+
+
+def load_data(recipe: Recipe, options: Options, dataset: str) -> CifarData:
+    spec = SPECS[dataset]
+    print(f"loading {dataset} from {options.data_dir} ...", flush=True)
+    if options.smoke:
+        make_synthetic(spec, options.data_dir, *SMOKE_SIZES[MODELS[recipe.model].smoke_data][dataset])
+        return load_cifar(spec, options.data_dir, download=False)
+    return load_cifar(spec, options.data_dir)
 
 
 def _step_model(model, device, compile_it: bool):
@@ -167,63 +170,130 @@ def _step_model(model, device, compile_it: bool):
     return torch.compile(step_model) if compile_it else step_model
 
 
-def _open_run_folder(cfg, recipe, name, state, resume_from, data, split, device, summary) -> str:
-    """A new run folder with config.json and model_summary.txt, or the resumed one with its state restored."""
-    spec = SPECS[name]
-    if resume_from is not None:
-        run_dir, record, checkpoint = resume_from
-        if checkpoint is not None:  # checked and loaded before anything in the folder changes
-            runlog.restore_training_state(os.path.join(run_dir, "last.pth"), checkpoint, state)
+def _write_new_run(s: Session, run_dir: str, script_recipe: Recipe) -> None:
+    """config.json, model_summary.txt and an epoch-0 last.pth: a run killed in epoch 1 can resume."""
+    spec = SPECS[s.dataset]
+    data = {"folder": os.path.abspath(os.path.join(s.options.data_dir, spec.folder)),
+            "test_file_sha256": fingerprint(spec, s.options.data_dir), "synthetic": s.options.smoke}
+    runfolder.write_json(runfolder.path(run_dir, runfolder.CONFIG), runfolder.config_record(
+        s.experiment, s.dataset, s.recipe, s.options, script_recipe, REPO_ROOT, s.device,
+        count_parameters(s.state.model), s.data.classes, data, s.split, distributed.world_size()))
+    runfolder.write_text(run_dir, runfolder.SUMMARY, s.summary + "\n")
+    _save(s, run_dir, improved=False)
+    write_train_json(s, run_dir, "running")
+
+
+def _save(s: Session, run_dir: str, improved: bool) -> None:
+    config = {"experiment": s.experiment, **to_dict(s.recipe), **to_dict(s.options)}
+    runfolder.save_state(run_dir, s.state, s.experiment, s.dataset, config, s.options.save_every, improved)
+
+
+def _fit_and_test(s: Session, run_dir: str, resumed) -> str:
+    """The epoch loop, then the test of best.pth; a stop or failure is recorded in train.json first."""
+    writer = tensorboard_writer(run_dir) if s.options.tensorboard and distributed.is_main() else None
+    print_header(s, run_dir)
+    try:
+        fit(s, run_dir, writer)
+        evaluate_best_checkpoint(s, run_dir, writer)
+    except KeyboardInterrupt as e:
+        write_train_json(s, run_dir, "interrupted")
+        e.run_dir, e.saved_epochs = run_dir, s.state.saved_epochs  # for the caller's message
+        raise
+    except BaseException as e:
+        write_train_json(s, run_dir, "failed", error=first_line(e, 1000))
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
+    print(f"done: {run_dir}", flush=True)
+    return run_dir
+
+
+def fit(s: Session, run_dir: str, writer=None) -> None:
+    """Epochs from where the state is to the recipe's last; after each: checkpoints, train.json, curves."""
+    recipe, state = s.recipe, s.state
+    steps = steps_per_epoch(len(s.train_idx), recipe.batch_size // distributed.world_size(), distributed.world_size())
+    for epoch in range(len(state.history), recipe.epochs):
+        lrs = schedules.epoch_lrs(recipe, epoch, steps, state.plateau)
+        torch.manual_seed(epoch_seed(s.options.seed, epoch))  # dropout / stochastic depth
+        train = train_one_epoch(s.step_model, state.optimizer, s.images, s.labels, s.train_idx,
+                                preprocess=s.preprocess, batch_size=recipe.batch_size // distributed.world_size(),
+                                generator=torch.Generator().manual_seed(epoch_seed(s.options.seed, epoch)),
+                                lrs=lrs, dtype=s.dtype, scaler=state.scaler,
+                                desc=f"{s.tag} epoch {epoch + 1}/{recipe.epochs}")
+        val = evaluate(state.model, s.images, s.labels, s.val_idx, s.preprocess, s.options.eval_batch_size, s.dtype)
+        if not (torch.isfinite(torch.tensor(train["loss"])) and torch.isfinite(torch.tensor(val["loss"]))):
+            raise UserError(f"the loss became {train['loss']} in epoch {epoch + 1}; stopped. last.pth "
+                            f"keeps epoch {epoch}; try a lower --lr")
+        schedules.after_epoch(recipe, state.plateau, val["loss"])
+        best = state.best()
+        improved = best is None or val["accuracy"] > best["val_accuracy"]
+        state.history.append(epoch_record(epoch + 1, train, val, lrs[0]))
         if distributed.is_main():
-            runlog.remove_stale_temp_files(run_dir)
-            runlog.record_resume(run_dir, record, len(state.history), REPO_ROOT)
-        return run_dir
-    run_dir = None
-    if distributed.is_main():
-        run_dir = runlog.create_run_dir(os.path.join(cfg.out, spec.run_folder))
-        data_record = {"folder": os.path.abspath(os.path.join(cfg.data_dir, spec.folder)),
-                       "test_file_sha256": fingerprint(spec, cfg.data_dir), "synthetic": cfg.smoke}
-        runlog.write_json(os.path.join(run_dir, "config.json"), runlog.provenance(
-            dataclasses.asdict(cfg), dataclasses.asdict(recipe or cfg), name, REPO_ROOT, device,
-            count_parameters(state.model), data.classes, data_record, split, distributed.world_size()))
-        runlog.write_text(os.path.join(run_dir, "model_summary.txt"), summary + "\n")
-        runlog.save_training_state(run_dir, state, cfg.experiment, name, dataclasses.asdict(cfg), 0, False)
-        write_train_json(run_dir, cfg, name, state, "running")  # epoch 0: a run killed in epoch 1 can resume
-    return distributed.broadcast(run_dir)
+            _save(s, run_dir, improved)
+            write_train_json(s, run_dir, "running")
+            plot_curves(s, run_dir)
+        log_epoch(s.tag, recipe.epochs, state.history[-1], improved, writer)
+    write_train_json(s, run_dir, "completed")
 
 
-def write_train_json(run_dir: str, cfg: Config, name: str, state, status: str, error: str | None = None) -> None:
+def epoch_record(epoch: int, train: dict, val: dict, lr: float) -> dict:
+    """One entry of train.json's `epochs` (accuracies in [0, 1], times in seconds; lr at the first step)."""
+    return {"epoch": epoch, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
+            "val_loss": val["loss"], "val_accuracy": val["accuracy"], "lr": lr,
+            "train_time_s": train["seconds"], "epoch_time_s": train["seconds"] + val["seconds"],
+            "train_images": train["images"], "images_per_s": train["images"] / train["seconds"]}
+
+
+def plot_curves(s: Session, run_dir: str) -> None:
+    """loss.png and accuracy.png, redrawn after every epoch: a running or interrupted run shows them."""
+    history = s.state.history[: s.state.saved_epochs]
+    plots.plot_curves(history, "loss", "cross-entropy loss", f"{s.tag}: loss", runfolder.path(run_dir, runfolder.LOSS_PNG))
+    plots.plot_curves(history, "accuracy", "accuracy", f"{s.tag}: accuracy",
+                      runfolder.path(run_dir, runfolder.ACCURACY_PNG))
+
+
+def write_train_json(s: Session, run_dir: str, status: str, error: str | None = None) -> None:
+    """train.json from the epochs last.pth holds: the history never runs ahead of the checkpoint."""
     if not distributed.is_main():
         return
-    summary = runlog.train_summary(cfg.experiment, name, cfg.epochs, state.history, state.best, status, error)
+    summary = runfolder.train_summary(s.experiment, s.dataset, s.recipe.epochs,
+                                      s.state.history[: s.state.saved_epochs], status, error)
     try:
-        runlog.write_json(os.path.join(run_dir, "train.json"), summary)
+        runfolder.write_json(runfolder.path(run_dir, runfolder.TRAIN), summary)
     except UserError:
         if status == "running":
             raise
         # Already stopping (a full disk, say): the reason that stopped us is the one to report.
 
 
-def print_header(cfg: Config, name: str, device, split: dict, parameters: int, run_dir: str) -> None:
+def tensorboard_writer(run_dir: str):
+    """A TensorBoard SummaryWriter into the run folder; TensorBoard is optional, so say how to get it."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(log_dir=run_dir)
+
+
+def print_header(s: Session, run_dir: str) -> None:
     """What is about to run, before the first epoch: device, data, recipe, where it goes."""
-    schedule = cfg.scheduler + (f" after {cfg.warmup_epochs} warm-up epochs" if cfg.warmup_epochs else "")
-    print(f"{cfg.experiment} on {name}, seed {cfg.seed} | {describe(device)}\n"
+    words = header_words(s.recipe)
+    words[0] = f"{words[0]} ({count_parameters(s.state.model):,} parameters)"
+    split = s.split
+    print(f"{s.tag} | {describe(s.device)}\n"
           f"  data:   {split['train']:,} train / {split['val']:,} validation / {split['test']:,} test images"
-          f"{' (synthetic, --smoke)' if cfg.smoke else ''}\n"
-          f"  recipe: {cfg.model} ({parameters:,} parameters), {cfg.epochs} epoch{'s' * (cfg.epochs != 1)}, "
-          f"batch {cfg.batch_size}, "
-          f"{cfg.optimizer} lr {cfg.lr:g} weight decay {cfg.weight_decay:g}, schedule {schedule}, "
-          f"{cfg.image_size} px, augmentation {cfg.augment}\n"
+          f"{' (synthetic, --smoke)' if s.options.smoke else ''}\n"
+          f"  recipe: {', '.join(words)}\n"
           f"  run folder: {run_dir}", flush=True)
 
 
 def log_epoch(tag: str, epochs: int, record: dict, improved: bool, writer=None) -> None:
     """One console line per epoch, and the same numbers to TensorBoard when asked for."""
     if writer is not None:
-        for key, value in record.items():
-            if key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy"):
-                split, metric = key.split("_")
-                writer.add_scalar(f"{metric}/{split}", value, record["epoch"])
+        for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy"):
+            split, metric = key.split("_")
+            writer.add_scalar(f"{metric}/{split}", record[key], record["epoch"])
         writer.add_scalar("lr", record["lr"], record["epoch"])
         writer.add_scalar("throughput/images_per_s", record["images_per_s"], record["epoch"])
         writer.flush()
@@ -233,77 +303,64 @@ def log_epoch(tag: str, epochs: int, record: dict, improved: bool, writer=None) 
           f"{'  *best' if improved else ''}", flush=True)
 
 
-def test_best_checkpoint(cfg, run_dir, model, data: CifarData, preprocess, dtype, tag, writer=None) -> dict:
-    """The test set, used once: on the best-by-validation weights."""
-    best = runlog.load_checkpoint(os.path.join(run_dir, "best.pth"))
-    runlog.load_into(model, best["model"], os.path.join(run_dir, "best.pth"), "model")
-    test_images = data.test_x.to(next(model.parameters()).device)
+def evaluate_best_checkpoint(s: Session, run_dir: str, writer=None) -> dict:
+    """The test set, used once: on the best-by-validation weights. test.json is written last."""
+    distributed.barrier()  # best.pth is on disk for every process
+    best = runfolder.load_best(run_dir)
+    load_state(s.state.model, best["model"], runfolder.path(run_dir, runfolder.BEST), "model")
+    test_images = s.data.test_x.to(s.device)
     start = time.perf_counter()
-    logits = predict(model, test_images, None, preprocess, cfg.eval_batch_size, dtype, desc="test")
+    logits = predict(s.state.model, test_images, None, s.preprocess, s.options.eval_batch_size, s.dtype, desc="test")
     seconds = time.perf_counter() - start
-    metrics = classification_metrics(logits, data.test_y, data.classes)
-    result = {"experiment": cfg.experiment, "checkpoint": "best.pth", "checkpoint_epoch": best["epoch"],
-              "test_time_s": seconds, "images_per_s": len(data.test_y) / seconds, **metrics}
+    metrics = classification_metrics(logits, s.data.test_y, s.data.classes)
+    result = {"experiment": s.experiment, "checkpoint": runfolder.BEST, "checkpoint_epoch": best["epoch"],
+              "test_time_s": seconds, "images_per_s": len(s.data.test_y) / seconds, **metrics}
     probs = torch.softmax(logits, 1)
-    if cfg.tta:
-        # Mean of the softmax over each image and its mirror image; reported beside the plain metrics.
-        flipped = predict(model, test_images, None, preprocess, cfg.eval_batch_size, dtype, flip=True, desc="tta")
-        tta = classification_metrics(((probs + torch.softmax(flipped, 1)) / 2).log(), data.test_y, data.classes)
-        result["tta"] = {"method": "mean softmax of identity and horizontal flip",
-                         **{k: tta[k] for k in ("accuracy", "loss", "top5_accuracy", "precision", "recall", "f1",
-                                                "auc", "auc_hard_labels", "ece")}}
-    if not distributed.is_main():
-        return result
-    runlog.write_predictions(os.path.join(run_dir, "predictions.npz"), probs.numpy(), data.test_y.numpy(),
-                             probs.argmax(1).numpy())
-    runlog.write_json(os.path.join(run_dir, "test.json"), result)
-    plots.test_figures(run_dir, data, probs.numpy(), metrics, tag, writer)
-    if writer is not None:
-        write_hparams(writer, cfg, result)
-    line = (f"{tag} test (best epoch {best['epoch']}): accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}"
-            f"  macro F1 {metrics['f1']:.4f}  AUC {metrics['auc']:.4f}  top-5 {metrics['top5_accuracy']:.4f}")
-    if cfg.tta:
-        line += f"  | TTA accuracy {result['tta']['accuracy']:.4f}"
-    print(line, flush=True)
+    if s.options.tta:
+        result["tta"] = tta_metrics(s, test_images, probs)
+    if distributed.is_main():
+        runfolder.write_predictions(run_dir, probs.numpy(), s.data.test_y.numpy(), probs.argmax(1).numpy())
+        plots.plot_test_set({"confusion": runfolder.path(run_dir, runfolder.CONFUSION_PNG),
+                            "errors": runfolder.path(run_dir, runfolder.ERRORS_PNG),
+                            "calibration": runfolder.path(run_dir, runfolder.CALIBRATION_PNG)},
+                           s.data, probs.numpy(), metrics, s.tag, writer)
+        if writer is not None:
+            write_hparams(writer, s, result)
+        runfolder.write_json(runfolder.path(run_dir, runfolder.TEST), result)
+    print(f"{s.tag} test (best epoch {best['epoch']}): accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}"
+          f"  macro F1 {metrics['f1']:.4f}  AUC {metrics['auc']:.4f}  top-5 {metrics['top5_accuracy']:.4f}"
+          + (f"  | TTA accuracy {result['tta']['accuracy']:.4f}" if s.options.tta else ""), flush=True)
     return result
 
 
-HPARAM_FIELDS = ("model", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "scheduler", "warmup_epochs",
-                 "image_size", "augment", "pretrained", "seed", "smoke")
+TTA_KEYS = ("accuracy", "loss", "top5_accuracy", "precision", "recall", "f1", "auc", "auc_hard_labels", "ece")
 
 
-def write_hparams(writer, cfg: Config, result: dict) -> None:
+def tta_metrics(s: Session, test_images: torch.Tensor, probs: torch.Tensor) -> dict:
+    """Mean of the softmax over each image and its mirror image; reported beside the plain metrics."""
+    flipped = predict(s.state.model, test_images, None, s.preprocess, s.options.eval_batch_size, s.dtype, flip=True,
+                      desc="tta")
+    tta = classification_metrics(((probs + torch.softmax(flipped, 1)) / 2).log(), s.data.test_y, s.data.classes)
+    return {"method": "mean softmax of identity and horizontal flip", **{k: tta[k] for k in TTA_KEYS}}
+
+
+def hparams(s: Session) -> dict:
+    """TensorBoard's hparams: every recipe field, the options that can change the numbers, the seed."""
+    values = {**to_dict(s.recipe), **{n: getattr(s.options, n) for n, (k, _) in knobs(Options).items()
+                                      if k.changes_results or n == "seed"}}
+    return {k: ",".join(map(str, v)) if isinstance(v, list) else ("" if v is None else v) for k, v in values.items()}
+
+
+def write_hparams(writer, s: Session, result: dict) -> None:
     """The recipe and the test metrics, so TensorBoard's HParams view can compare runs."""
-    hparams = {k: getattr(cfg, k) for k in HPARAM_FIELDS}
     metrics = {f"hparams/test_{k}": result[k] for k in ("accuracy", "loss", "f1", "top5_accuracy")}
-    writer.add_hparams(hparams, metrics, run_name=".")
+    writer.add_hparams(hparams(s), metrics, run_name=".")
 
 
-def resume(cli: Config) -> str:
-    """Continue RUN_DIR from its last.pth, with the config it was started with."""
-    run_dir = cli.resume.rstrip("/") or cli.resume
-    cfg, record = load_run_record(run_dir)
-    if cfg.experiment != cli.experiment:
-        raise UserError(f"{run_dir} is a run of {cfg.experiment}, not {cli.experiment}; "
-                        f"resume it with python {_script_path(cfg.experiment)} --resume {run_dir}")
-    if os.path.exists(os.path.join(run_dir, "test.json")):
-        raise UserError(f"{run_dir} is complete (it has test.json); start a new run instead")
-    last = os.path.join(run_dir, "last.pth")
-    # Killed before its first checkpoint: start over in the same folder.
-    checkpoint = runlog.load_checkpoint(last) if os.path.exists(last) else None
-    if checkpoint is not None:  # before the data is loaded: a damaged last.pth fails in a second
-        runlog.check_training_state(last, checkpoint, cfg.experiment, record["dataset"], cfg.epochs)
-    runlog.check_writable(run_dir)
-    cfg = dataclasses.replace(cfg, device=cli.device if cli.device != "auto" else cfg.device)
-    print(f"resuming {run_dir} from {'last.pth' if checkpoint else 'the start'} ({cfg.epochs} epochs planned)",
-          flush=True)
-    return run_dataset(cfg, record["dataset"], resume_from=(run_dir, record, checkpoint))
-
-
-def _script_path(experiment: str) -> str:
+def script_path(experiment: str) -> str:
     """How to name ex_N.py in a command: relative when the repo is the current folder."""
     path = os.path.join(REPO_ROOT, experiment + ".py")
-    return os.path.relpath(path) if os.path.abspath(os.getcwd()) == REPO_ROOT else path
+    return os.path.relpath(path) if os.path.abspath(os.getcwd()) == REPO_ROOT else shlex.quote(path)
 
 
 def model_summary(model: torch.nn.Module, image_size: int) -> str:

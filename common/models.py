@@ -1,22 +1,34 @@
-"""The three model families of the report, built by name from a Config."""
+"""Models by name: MODELS maps a name to its builder and the facts the rest of the repo needs.
+
+An entry says how to build the network for (classes, image size), its label in tables, its
+default input normalization, the size of its --smoke data, its memory layout on a CPU and,
+where there are any, its pretrained weights (URL and sha256 prefix). Adding a model is one
+entry here; `--model NAME` and every table pick it up.
+"""
 from __future__ import annotations
 
 import os
-import re
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from common.errors import UserError, first_line
+from common.errors import UserError
+from common.torchfiles import load, load_state
+
+CIFAR_HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # maps [0, 1] to [-1, 1]
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # what ImageNet weights were trained with
 
 
 class TutorialCNN(nn.Module):
-    """EX-1: the course tutorial's CNN. 50,326 parameters for 10 classes, 266,416 for 100.
+    """EX-1: the course tutorial's CNN. 50,326 parameters for 10 classes, 266,416 for 100 (at 32 px).
 
     32 -> conv5(pad 1) 30 -> conv5 28 -> pool 14 -> conv5 12 -> conv5 10; 24*10*10 = 2400 features.
     """
 
-    def __init__(self, num_classes: int):
+    def __init__(self, num_classes: int, image_size: int = 32):
         super().__init__()
 
         def block(cin, cout):
@@ -24,7 +36,8 @@ class TutorialCNN(nn.Module):
 
         self.features = nn.Sequential(*block(3, 12), *block(12, 12), nn.MaxPool2d(2),
                                       *block(12, 24), *block(24, 24))
-        self.classifier = nn.Linear(24 * 10 * 10, num_classes)
+        side = (image_size - 4) // 2 - 4
+        self.classifier = nn.Linear(24 * side * side, num_classes)
 
     def forward(self, x):
         return self.classifier(torch.flatten(self.features(x), 1))
@@ -52,93 +65,136 @@ class ThreeBlockCNN(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-def pretrained_url() -> str:
-    from torchvision.models import EfficientNet_V2_S_Weights
-    return EfficientNet_V2_S_Weights.IMAGENET1K_V1.url
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a residual connection (He et al. 2016), 1x1 projection when the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
-def efficientnet_v2_s(num_classes: int, pretrained: bool, weights_path: str | None = None,
-                      url: str | None = None) -> nn.Module:
+class CifarResNet18(nn.Module):
+    """ResNet-18 for 32 px inputs, as in kuangliu/pytorch-cifar: a 3x3 stem without max-pool, four
+    stages of two BasicBlocks (64, 128, 256, 512 channels), global average pool, linear head.
+    11,173,962 parameters for 10 classes, 11,220,132 for 100."""
+
+    def __init__(self, num_classes: int, image_size: int = 32):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True))
+        stages, cin = [], 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            stages += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.stages = nn.Sequential(*stages)
+        self.classifier = nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        out = F.adaptive_avg_pool2d(self.stages(self.stem(x)), 1)
+        return self.classifier(torch.flatten(out, 1))
+
+
+def efficientnet_v2_s(num_classes: int, image_size: int = 32, state: dict | None = None,
+                      source: str = "weights") -> nn.Module:
     """torchvision's EfficientNetV2-S with its 1000-way head replaced by a `num_classes`-way one.
 
-    Weights: a local state dict (`weights_path`), else the ImageNet weights downloaded once
-    into torchvision's cache (TORCH_HOME), else random. A state dict with a 1000-way head
-    (the ImageNet one) or with a `num_classes`-way head both load; anything else is refused.
+    `state`: weights to start from; a state dict with a 1000-way head (the ImageNet one) or with a
+    `num_classes`-way head both load, anything else is refused with the first mismatching key.
     """
     from torchvision.models import efficientnet_v2_s as build
 
     model = build(weights=None)
-    state = None
-    if weights_path:
-        state = load_state_dict_file(weights_path)
-    elif pretrained:
-        url = url or pretrained_url()
-        state = load_state_dict_file(cached_weights(url))
     in_features = model.classifier[1].in_features
+    head = state.get("classifier.1.weight") if state is not None else None
+    if head is not None and getattr(head, "shape", (None,))[0] == num_classes:
+        model.classifier[1] = nn.Linear(in_features, num_classes)
+        load_state(model, state, source, "weights", fits="EfficientNetV2-S")
+        return model
     if state is not None:
-        head = {k: v for k, v in state.items() if k.startswith("classifier.")}
-        if head and head.get("classifier.1.weight", torch.empty(0)).shape[0] == num_classes:
-            model.classifier[1] = nn.Linear(in_features, num_classes)
-            _load_strict(model, state, weights_path or url)
-            return model
-        _load_strict(model, state, weights_path or url)
+        load_state(model, state, source, "weights", fits="EfficientNetV2-S")
     model.classifier[1] = nn.Linear(in_features, num_classes)
     return model
 
 
-def cached_weights(url: str) -> str:
-    """The file for `url` in torch's hub cache ($TORCH_HOME), downloaded once with a time-out.
+@dataclass(frozen=True)
+class PretrainedWeights:
+    url: str
+    sha256_prefix: str   # torchvision's file names carry the first hex digits of their sha256
+    max_bytes: int       # a download larger than this is cut off
 
-    torchvision's file names carry the first hex digits of their sha256 (…-dd5fe13b.pth), checked here.
-    """
+
+@dataclass(frozen=True)
+class ModelEntry:
+    build: Callable  # (num_classes, image_size, state dict or None, its source) -> nn.Module
+    label: str
+    normalization: tuple  # (mean, std) per channel for inputs in [0, 1], unless the recipe gives its own
+    smoke_data: str       # "small" or "tiny": the --smoke data set (common.data.SMOKE_SIZES)
+    cpu_channels_last: bool  # the memory layout measured faster on a CPU (README, Performance)
+    min_image_size: int = 8  # px
+    weights: PretrainedWeights | None = None
+
+
+def _plain(cls):
+    """A builder for a model without pretrained weights of its own: random, or a local state dict."""
+    def build(num_classes: int, image_size: int, state: dict | None = None, source: str = "weights"):
+        model = cls(num_classes, image_size)
+        if state is not None:
+            load_state(model, state, source, "weights", fits=cls.__name__)
+        return model
+    return build
+
+
+MODELS = {
+    # 5x5 convolutions: contiguous memory is faster on a CPU (benchmark, EX-1)
+    "tutorial_cnn": ModelEntry(_plain(TutorialCNN), "tutorial CNN", CIFAR_HALF, "small", False, 14),
+    # 3x3 convolutions: channels_last is faster on a CPU (benchmark, EX-2)
+    "three_block_cnn": ModelEntry(_plain(ThreeBlockCNN), "3-block CNN", CIFAR_HALF, "small", True),
+    # 3x3 convolutions like the 3-block CNN's; its CPU layout is not benchmarked
+    "resnet18": ModelEntry(_plain(CifarResNet18), "ResNet-18 (CIFAR)", CIFAR_HALF, "tiny", True),
+    # 20M parameters, slow on a CPU: the tiny smoke data keeps its --smoke run short
+    "efficientnet_v2_s": ModelEntry(
+        efficientnet_v2_s, "EfficientNetV2-S", IMAGENET, "tiny", False,
+        weights=PretrainedWeights("https://download.pytorch.org/models/efficientnet_v2_s-dd5fe13b.pth",
+                                  "dd5fe13b", 200 * 2**20)),
+}
+
+
+def build_model(model: str, num_classes: int, image_size: int, pretrained: bool,
+                weights_path: str | None = None) -> nn.Module:
+    """The named model; its pretrained weights (downloaded once) or a local `weights_path` if asked for."""
+    entry = MODELS[model]
+    path = weights_path or (cached_weights(entry.weights) if pretrained else None)
+    if path is None:
+        return entry.build(num_classes, image_size)
+    state = load(path, "weights")
+    if isinstance(state.get("model"), dict):  # one of this repo's checkpoints (best.pth, epoch-N.pth)
+        state = state["model"]
+    return entry.build(num_classes, image_size, state, path)
+
+
+def cached_weights(weights: PretrainedWeights) -> str:
+    """The weights' file in torch's hub cache ($TORCH_HOME), downloaded once with the download limits."""
     from common.download import fetch
 
-    name = os.path.basename(url)
+    name = os.path.basename(weights.url)
     path = os.path.join(torch.hub.get_dir(), "checkpoints", name)
     if not os.path.isfile(path):
-        prefix = re.search(r"-([a-f0-9]{6,})\.", name)
         try:
-            fetch(url, path, "sha256", prefix.group(1) if prefix else None, what="ImageNet weights")
+            fetch(weights.url, path, "sha256", weights.sha256_prefix, what="ImageNet weights",
+                  max_bytes=weights.max_bytes)
         except UserError as e:
-            raise UserError(f"{e}. Either pass --weights PATH with a local EfficientNetV2-S state dict (e.g. {name} "
-                            f"copied from a machine with internet), or --no-pretrained to train from scratch") from None
+            raise UserError(f"{e}. Either pass --weights PATH with a local state dict (e.g. {name} copied from a "
+                            f"machine with internet), or --no-pretrained to train from scratch") from None
     return path
-
-
-def load_state_dict_file(path: str) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"cannot load weights from {path}: {first_line(e)} (empty, truncated or not a torch "
-                        f"file)") from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]  # one of our own checkpoints
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{path} is not a state dict of tensors")
-    return state
-
-
-def _load_strict(model: nn.Module, state: dict, source: str) -> None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        detail = (wrong[:1] or [f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"])[0]
-        raise UserError(f"{source} does not fit EfficientNetV2-S ({len(missing)} missing, "
-                           f"{len(unexpected)} unexpected, {len(wrong)} wrong-shaped keys; e.g. {detail})")
-    model.load_state_dict(state)
-
-
-def build_model(config, num_classes: int) -> nn.Module:
-    if config.model == "tutorial_cnn":
-        return TutorialCNN(num_classes)
-    if config.model == "three_block_cnn":
-        return ThreeBlockCNN(num_classes, config.image_size)
-    if config.model == "efficientnet_v2_s":
-        return efficientnet_v2_s(num_classes, config.pretrained, config.weights)
-    raise ValueError(f"unknown model {config.model!r}")
 
 
 def count_parameters(model: nn.Module) -> int:

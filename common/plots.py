@@ -1,22 +1,23 @@
-"""PNG figures for a run folder, drawn from the same numbers that the JSON files hold."""
+"""PNG figures for a run folder and for compare, drawn from the same numbers the JSON files hold."""
 from __future__ import annotations
 
 import io
+import os
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on servers and CI
+# Files only, never a window: Agg on every machine, whatever MPLBACKEND says (an unknown
+# value there would otherwise stop the import of matplotlib itself).
+os.environ["MPLBACKEND"] = "Agg"
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common.runlog import atomic_write_bytes  # noqa: E402
+from common.files import write_bytes  # noqa: E402
 
 
 def save_figure(fig, path: str) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
-    atomic_write_bytes(path, lambda f: f.write(buffer.getvalue()))
+    write_bytes(path, buffer.getvalue())
 
 
 def integer_epoch_axis(ax) -> None:
@@ -111,16 +112,63 @@ def plot_calibration(probs, labels, ece: float, title: str, path: str, bins: int
     save_figure(fig, path)
 
 
-def test_figures(run_dir: str, data, probs, metrics: dict, tag: str, writer=None) -> None:
-    """confusion_matrix.png, errors.png and calibration.png from the test set's probabilities."""
-    import os
-
+def plot_test_set(paths: dict, data, probs, metrics: dict, tag: str, writer=None) -> None:
+    """The confusion matrix, the most confident errors and the reliability diagram of the test set,
+    to paths["confusion"], paths["errors"], paths["calibration"]."""
     labels = data.test_y.numpy()
     fig = confusion_figure(metrics["confusion_matrix"], data.classes,
                            f"{tag}: test confusion (acc {metrics['accuracy']:.4f})")
     if writer is not None:
         writer.add_figure("test/confusion_matrix", fig, close=False)
-    save_figure(fig, os.path.join(run_dir, "confusion_matrix.png"))
+    save_figure(fig, paths["confusion"])
     plot_errors(data.test_x.numpy(), labels, probs, data.classes, f"{tag}: most confident test errors",
-                os.path.join(run_dir, "errors.png"))
-    plot_calibration(probs, labels, metrics["ece"], f"{tag}: reliability", os.path.join(run_dir, "calibration.png"))
+                paths["errors"])
+    plot_calibration(probs, labels, metrics["ece"], f"{tag}: reliability", paths["calibration"])
+
+
+def plot_val_curves(series: dict, path: str) -> None:
+    """Validation accuracy per epoch, a panel per dataset: each row's mean over seeds, shaded min..max
+    in the line's colour. series: {dataset: [(label, per-seed curves)]}."""
+    fig, axes = plt.subplots(1, max(1, len(series)), figsize=(6.4 * max(1, len(series)), 4.2), squeeze=False)
+    for ax, (dataset, lines) in zip(axes[0], series.items()):
+        for label, curves in lines:
+            length = min(len(c) for c in curves)
+            curves = np.array([c[:length] for c in curves])
+            x = np.arange(1, length + 1)
+            (line,) = ax.plot(x, curves.mean(0), marker=".", label=label)
+            if len(curves) > 1:
+                ax.fill_between(x, curves.min(0), curves.max(0), alpha=0.2, color=line.get_color())
+        ax.set_title(f"{dataset}: validation accuracy")
+        integer_epoch_axis(ax)
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below: never over a curve
+    save_figure(fig, path)
+
+
+def plot_swept_field(name: str, groups: dict, path: str) -> None:
+    """Best validation and test accuracy against one swept field's value, mean with 95% CI error bars
+    (none where n = 1); a panel per context. groups: {context: [(value, row summary)]}."""
+    fig, axes = plt.subplots(1, len(groups), figsize=(6.4 * len(groups), 4.2), squeeze=False)
+    for ax, points in zip(axes[0], groups.values()):
+        points = sorted(points, key=lambda p: p[0])
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v, _ in points)
+        x = [v for v, _ in points] if numeric else list(range(len(points)))
+        for metric, label in (("val_accuracy", "best validation accuracy"), ("test_accuracy", "test accuracy")):
+            means = [s[metric]["mean"] for _, s in points]
+            errors = [[m - (s[metric]["ci95"][0] if s[metric]["ci95"][0] is not None else m) for m, (_, s)
+                       in zip(means, points)],
+                      [(s[metric]["ci95"][1] if s[metric]["ci95"][1] is not None else m) - m for m, (_, s)
+                       in zip(means, points)]]
+            ax.errorbar(x, means, yerr=errors, marker="o", capsize=4, label=label)
+        if numeric and min(x) > 0 and max(x) / min(x) >= 10:
+            ax.set_xscale("log")
+        ax.set_xticks(x, [f"{v:g}" if numeric else str(v) for v, _ in points])
+        first = points[0][1]
+        ax.set_title(f"{first['dataset']}, {first['experiment']}: {name} (n = "
+                     f"{'/'.join(str(s['n']) for _, s in points)}, 95% CI)")
+        ax.set_xlabel(name)
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    save_figure(fig, path)

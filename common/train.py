@@ -7,6 +7,7 @@ the device, so a GPU never waits for a .item() inside the loop.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from common import distributed
-from common.augment import Preprocess, sample_crop_flip
+from common.augment import Preprocess, window
 from common.devices import autocast
 
 
@@ -24,62 +25,6 @@ def epoch_seed(seed: int, epoch: int) -> int:
     """Each epoch's shuffling, augmentation and dropout come from (seed, epoch) alone, so a
     resumed run draws exactly what the uninterrupted run would have drawn."""
     return (seed * 1_000_003 + epoch * 7919) % (2**63 - 1)
-
-
-# --- optimizer and schedule --------------------------------------------------------------
-
-def build_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    if name == "lion":
-        from lion_pytorch import Lion
-        return Lion(params, lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}")
-
-
-def lr_factor(schedule: str, epoch: int, epochs: int, warmup_epochs: int = 0) -> float:
-    """Multiplier of the peak lr for 0-based `epoch` (stepped once per epoch).
-
-    warm-up: linear from 0.1 to 1 over `warmup_epochs`; then
-    cosine: half a cosine from 1 towards 0 over the remaining epochs;
-    step: x0.1 at 50% and again at 75% of the remaining epochs;
-    onecycle: up from 1/25 to 1 over the first 30% (ignores warm-up), then a cosine down to 1/25e4;
-    none / plateau: 1 (plateau's reductions come from ReduceLROnPlateau).
-    """
-    if schedule == "onecycle":
-        rise = max(1, round(0.3 * epochs))
-        if epoch < rise:
-            return 1 / 25 + (1 - 1 / 25) * epoch / rise
-        t = (epoch - rise) / max(1, epochs - 1 - rise)
-        low = 1 / 25e4
-        return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * t))
-    if epoch < warmup_epochs:
-        return 0.1 + 0.9 * epoch / warmup_epochs
-    t = (epoch - warmup_epochs) / max(1, epochs - warmup_epochs)
-    if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * t))
-    if schedule == "step":
-        return 0.1 ** ((t >= 0.5) + (t >= 0.75))
-    return 1.0
-
-
-def build_scheduler(name: str, optimizer, epochs: int, warmup_epochs: int):
-    if name == "plateau":
-        # Halve the lr when validation loss has not improved for 3 epochs.
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=3)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda e: lr_factor(name, e, epochs, warmup_epochs))
-
-
-def step_scheduler(scheduler, val_loss: float) -> None:
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        scheduler.step(val_loss)
-    else:
-        scheduler.step()
 
 
 # --- the loops ---------------------------------------------------------------------------
@@ -96,20 +41,31 @@ class _LogLines:
         sys.stderr.flush()
 
 
+LOG_INTERVAL_ENV = "CIFAR_LOG_INTERVAL_S"  # seconds between progress lines when not on a terminal (default 30)
+
+
 def _progress(total: int, desc: str):
     if not distributed.is_main():
         return tqdm(total=total, disable=True)
     if sys.stderr.isatty():
         return tqdm(total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
-    # Not a terminal: a line at most every 30 s instead of a bar redrawn 10 times a second.
-    return tqdm(total=total, desc=desc, leave=False, file=_LogLines(), ncols=100, mininterval=30, maxinterval=60, delay=30)
+    # Not a terminal: a line every 30 s (a plan's member: every few seconds, for its live line),
+    # instead of a bar redrawn 10 times a second.
+    interval = float(os.environ.get(LOG_INTERVAL_ENV) or 30)
+    return tqdm(total=total, desc=desc, leave=False, file=_LogLines(), ncols=100, mininterval=interval,
+                maxinterval=2 * interval, delay=interval)
+
+
+def steps_per_epoch(images: int, batch_size: int, world: int = 1) -> int:
+    """Optimizer steps in one epoch of each process: its shard of the shuffled order, in batches."""
+    return math.ceil((images - images % world) // world / batch_size)
 
 
 def train_one_epoch(model: nn.Module, optimizer, images: torch.Tensor, labels: torch.Tensor,
                     indices: torch.Tensor, *, preprocess: Preprocess, batch_size: int, generator: torch.Generator,
-                    dtype=None, scaler=None, desc: str = "train") -> dict:
-    """One pass over `indices` (into the device-resident `images`), shuffled by `generator`;
-    random crops and flips when `preprocess.augment`."""
+                    lrs: list | None = None, dtype=None, scaler=None, desc: str = "train") -> dict:
+    """One pass over `indices` (into the device-resident `images`), shuffled by `generator`, with
+    the preprocessing's augmentation drawn from it too; `lrs`: the lr of each step (None: as set)."""
     model.train()
     device = images.device
     order = indices[torch.randperm(len(indices), generator=generator)].to(device)
@@ -118,23 +74,25 @@ def train_one_epoch(model: nn.Module, optimizer, images: torch.Tensor, labels: t
         order = order[: len(order) - len(order) % world][distributed.rank()::world]
         generator = torch.Generator().manual_seed(
             int(torch.randint(0, 2**62, (1,), generator=generator)) + distributed.rank())
-    steps = math.ceil(len(order) / batch_size)
-    # The whole epoch's crops and flips in one draw and one copy to the device: a copy per step
+    steps = steps_per_epoch(len(indices), batch_size, world)
+    # The whole epoch's augmentation in one draw and one copy to the device: a copy per step
     # from pageable memory would make the CPU wait for the GPU's queue to drain every step.
-    epoch_params = (sample_crop_flip(len(order), preprocess.padding, generator).to(device)
-                    if preprocess.augment else None)
+    epoch_params = preprocess.draw(len(order), generator, device)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen, x = 0, None
     start = time.perf_counter()
     with _progress(steps, desc) as bar:
         for step in range(steps):
-            window = slice(step * batch_size, (step + 1) * batch_size)
-            idx = order[window]
+            rows = slice(step * batch_size, (step + 1) * batch_size)
+            idx = order[rows]
             if len(idx) < 2:  # BatchNorm cannot train on a single image; at most one is dropped
                 continue
+            if lrs is not None:
+                for group in optimizer.param_groups:
+                    group["lr"] = lrs[step]
             # written over the previous batch, whose backward pass is done (autograd would object otherwise)
-            x = preprocess(images[idx], epoch_params[window] if epoch_params is not None else None, out=x)
+            x = preprocess(images[idx], window(epoch_params, rows), out=x)
             y = labels[idx]
             with autocast(device, dtype):
                 logits = model(x)
@@ -150,8 +108,8 @@ def train_one_epoch(model: nn.Module, optimizer, images: torch.Tensor, labels: t
             loss_sum += loss.detach().float() * len(idx)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(idx)
-            bar.update()
             _show_current_loss(bar, loss)
+            bar.update()
     totals = distributed.all_reduce_sum(torch.stack([loss_sum.float(), correct.float(),
                                                      torch.tensor(float(seen), device=device)]))
     loss_total, correct_total, seen = totals.tolist()  # .tolist() waits for the device
@@ -161,12 +119,11 @@ def train_one_epoch(model: nn.Module, optimizer, images: torch.Tensor, labels: t
 
 
 def _show_current_loss(bar, loss: torch.Tensor) -> None:
-    """The bar shows this step's loss whenever it redraws: .item() waits for the GPU, so only then
-    (tqdm redraws at most every mininterval seconds), not every step."""
+    """Before the bar's update: when that update will redraw it, put this step's loss on it.
+    .item() waits for the GPU, so only then (at most every mininterval seconds), not every step."""
     if bar.disable:
         return
-    if time.monotonic() - getattr(bar, "_loss_shown_at", 0.0) >= bar.mininterval:
-        bar._loss_shown_at = time.monotonic()
+    if bar._time() - bar.last_print_t >= bar.mininterval:
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
 
 

@@ -7,8 +7,8 @@ import statistics
 import pytest
 import torch
 
-from common import compare
-from common.runlog import cpu_model
+from common import compare, stats
+from common.devices import cpu_model
 from tests.conftest import run_script
 
 
@@ -19,7 +19,7 @@ def seeded_runs(smoke_data, tmp_path_factory):
     for script, extra in (("ex_1.py", []), ("ex_2.py", ["--epochs", "1"])):
         out = root / script[:-3]
         result = run_script(script, "--smoke", "--dataset", "cifar10", "--seeds", "0,1,2", "--save-every", "0",
-                            "--data-dir", smoke_data, "--out", str(out), *extra, timeout=400)
+                            "--jobs", "2", "--data-dir", smoke_data, "--out", str(out), *extra, timeout=400)
         assert result.returncode == 0, result.stderr[-2000:]
     return root
 
@@ -32,44 +32,59 @@ def test_seeds_give_one_run_folder_each(seeded_runs):
         assert seeds == [0, 1, 2]
 
 
+def _rows(*folders, baseline=None):
+    runs = compare.collect([str(f) for f in folders])
+    rows = compare.build_rows(runs)
+    compare.choose_baselines(rows, baseline)
+    return runs, rows
+
+
 def test_compare_table_matches_the_run_folders(seeded_runs, tmp_path):
     # an interrupted run beside the complete ones must be listed apart, not averaged in
+    first = sorted(p for p in (seeded_runs / "ex_1" / "cifar_10").iterdir() if (p / "test.json").exists())[0]
     broken = seeded_runs / "ex_1" / "cifar_10" / "2000-01-01_00-00-00"
-    broken.mkdir(exist_ok=True)
-    (broken / "config.json").write_text(json.dumps({"config": {"epochs": 2, "smoke": True}, "seed": 9}))
-    (broken / "train.json").write_text(json.dumps({"status": "interrupted", "epochs": []}))
+    shutil.copytree(first, broken, dirs_exist_ok=True)
+    os.remove(broken / "test.json")
+    train = json.load(open(broken / "train.json"))
+    (broken / "train.json").write_text(json.dumps(dict(train, status="interrupted")))
 
-    runs = compare.collect([str(seeded_runs / "ex_1"), str(seeded_runs / "ex_2")])
-    table = compare.summarize(runs)["CIFAR-10"]
-    assert [row["experiment"] for row in table] == ["ex_1", "ex_2"]
-    for row in table:
-        folder = seeded_runs / row["experiment"] / "cifar_10"
+    runs, rows = _rows(seeded_runs / "ex_1", seeded_runs / "ex_2")
+    summaries = [compare.summarize_row(r) for r in rows]
+    assert [s["experiment"] for s in summaries] == ["ex_1", "ex_2"]
+    for summary in summaries:
+        folder = seeded_runs / summary["experiment"] / "cifar_10"
         accs = [json.load(open(folder / r / "test.json"))["accuracy"] for r in os.listdir(folder)
                 if os.path.exists(folder / r / "test.json")]
-        assert row["runs"] == 3 == len(accs)
-        assert row["accuracy_mean"] == pytest.approx(statistics.mean(accs))
-        assert row["accuracy_std"] == pytest.approx(statistics.stdev(accs))
-        assert row["accuracy"] == f"{statistics.mean(accs):.4f} ± {statistics.stdev(accs):.4f}"
-    text = compare.markdown(runs)
-    cpu = f"CPU {cpu_model()}"
-    assert f"| ex_1 | 2 of 50 epochs; batch size 32 | synthetic | {cpu} | 3 (0,1,2) |" in text
-    assert f"| ex_2 | 1 of 100 epochs; batch size 32 | synthetic | {cpu} | 3 (0,1,2) |" in text
+        vals = [json.load(open(folder / r / "train.json"))["best_val_accuracy"] for r in os.listdir(folder)
+                if os.path.exists(folder / r / "test.json")]
+        assert summary["n"] == 3 == len(accs) and len(summary["runs"]) == 3
+        assert summary["test_accuracy"]["mean"] == pytest.approx(statistics.mean(accs))
+        assert summary["test_accuracy"]["std"] == pytest.approx(statistics.stdev(accs))
+        assert summary["val_accuracy"]["mean"] == pytest.approx(statistics.mean(vals))
+        interval = stats.mean_ci(accs)
+        assert summary["test_accuracy"]["ci95"] == pytest.approx([interval.low, interval.high])
+    text = compare.markdown(rows, runs)
+    assert "| ex_1 | 2 of 50 epochs; batch size 32 | 3 (0,1,2) |" in text
+    assert "| ex_2 | 1 of 100 epochs; batch size 32 | 3 (0,1,2) |" in text
+    assert f"· synthetic · CPU {cpu_model()} · torch {torch.__version__} · 1 process" in text
     assert "2000-01-01_00-00-00: interrupted" in text
 
     figure = tmp_path / "val.png"
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{compare.README_START}\nold\n{compare.README_END}\nafter\n")
+    readme.write_text(f"intro\n{compare.README_MARKERS['compare'][0]}\nold\n{compare.README_MARKERS['compare'][1]}"
+                      f"\nafter\n")
     compare.main([str(seeded_runs / "ex_1"), str(seeded_runs / "ex_2"), "--figure", str(figure),
                   "--readme", str(readme)])
     assert figure.read_bytes()[:4] == b"\x89PNG"
     new = readme.read_text()
-    assert "old" not in new and f"| ex_1 | 2 of 50 epochs; batch size 32 | synthetic | {cpu} | 3 (0,1,2) |" in new
+    assert "old" not in new and "| ex_1 | 2 of 50 epochs; batch size 32 | 3 (0,1,2) |" in new
     assert new.endswith("after\n")
 
 
 def test_runs_on_other_hardware_or_without_pretrained_weights_are_rows_of_their_own(seeded_runs, tmp_path):
     first = sorted(p for p in (seeded_runs / "ex_1" / "cifar_10").iterdir() if (p / "test.json").exists())[0]
-    for name, change in (("gpu", {"environment": {"device": "cuda", "gpu": "NVIDIA H100 80GB HBM3"}}),
+    for name, change in (("gpu", {"environment": {"device": "cuda", "gpu": "NVIDIA H100 80GB HBM3", "cuda": "13.0"}}),
+                         ("torch", {"environment": {"torch": "2.11.0+cu130"}}),
                          ("scratch", {"config_fields": {"model": "efficientnet_v2_s", "pretrained": False}})):
         copy = tmp_path / name / "ex_1" / "cifar_10" / first.name
         shutil.copytree(first, copy)
@@ -77,12 +92,14 @@ def test_runs_on_other_hardware_or_without_pretrained_weights_are_rows_of_their_
         config["environment"].update(change.get("environment", {}))
         config["config"].update(change.get("config_fields", {}))
         (copy / "config.json").write_text(json.dumps(config))
-    text = compare.markdown(compare.collect([str(seeded_runs / "ex_1"), str(tmp_path / "gpu" / "ex_1"),
-                                             str(tmp_path / "scratch" / "ex_1")]))
-    cpu, changes = f"CPU {cpu_model()}", "2 of 50 epochs; batch size 32"
-    assert f"| ex_1 | {changes} | synthetic | {cpu} | 3 (0,1,2) |" in text
-    assert f"| ex_1 | {changes} | synthetic | NVIDIA H100 80GB HBM3 | 1 (0) |" in text
-    assert f"| ex_1 from scratch | model efficientnet_v2_s; {changes} | synthetic | {cpu} | 1 (0) |" in text
+    runs, rows = _rows(seeded_runs / "ex_1", *(tmp_path / n / "ex_1" for n in ("gpu", "torch", "scratch")))
+    text = compare.markdown(rows, runs)
+    changes = "2 of 50 epochs; batch size 32"
+    assert f"· synthetic · CPU {cpu_model()} · torch {torch.__version__} · 1 process" in text
+    assert "· synthetic · NVIDIA H100 80GB HBM3 · torch" in text and "CUDA 13.0" in text
+    assert f"· synthetic · CPU {cpu_model()} · torch 2.11.0+cu130 · 1 process" in text  # another torch build
+    assert f"| ex_1 | {changes} | 3 (0,1,2) |" in text and f"| ex_1 | {changes} | 1 (0) |" in text
+    assert f"| ex_1 from scratch | model efficientnet_v2_s; {changes} | 1 (0) |" in text
 
 
 @pytest.fixture(scope="module")
@@ -109,19 +126,19 @@ def test_tensorboard_events_parse_with_tensorboards_reader(tb_tta_run):
 
 def test_tta_is_reported_beside_plain_and_differs_only_by_the_flip(tb_tta_run, smoke_data):
     from common.augment import Preprocess
-    from common.config import config_from_dict
     from common.data import SPECS, load_cifar
     from common.metrics import classification_metrics
     from common.models import build_model
+    from common.runfolder import read_config
     from common.train import predict
 
     test = json.load(open(tb_tta_run / "test.json"))
     assert {"accuracy", "f1", "auc"} <= set(test) and {"accuracy", "f1", "auc", "loss"} <= set(test["tta"])
-    cfg = config_from_dict(json.load(open(tb_tta_run / "config.json"))["config"])
-    data = load_cifar(SPECS["cifar10"], cfg.data_dir, download=False)
-    model = build_model(cfg, 10)
+    record = read_config(str(tb_tta_run))
+    data = load_cifar(SPECS["cifar10"], record.options.data_dir, download=False)
+    model = build_model(record.recipe.model, 10, 32, False)
     model.load_state_dict(torch.load(tb_tta_run / "best.pth", weights_only=True)["model"])
-    pre = Preprocess(32, cfg.mean, cfg.std, 4, "cpu")
+    pre = Preprocess(32, record.recipe.mean, record.recipe.std, "cpu")
     plain = predict(model, data.test_x, None, pre, 256)
     mirrored = predict(model, data.test_x.flip(3), None, pre, 256)  # flip the images themselves
     probs = (plain.softmax(1) + mirrored.softmax(1)) / 2
@@ -142,7 +159,7 @@ def test_missing_tensorboard_is_a_clear_error(monkeypatch):
     import builtins
 
     from common.errors import UserError
-    from common.runlog import tensorboard_writer
+    from common.experiment import tensorboard_writer
 
     real_import = builtins.__import__
 
@@ -183,27 +200,36 @@ def test_compare_cli_splits_rows_by_recipe_and_writes_nothing_tracked(seeded_run
     assert listing.returncode == 0, listing.stderr
     rows = [line for line in listing.stdout.splitlines() if line.startswith("| ex_1 |")]
     assert len(rows) == 2, listing.stdout
-    assert "| 2 (0,1) |" in rows[0] and "lr" not in rows[0]
+    assert "| 2 (0,1) |" in rows[0] and "lr" not in rows[0] and "| baseline |" in rows[0]
     assert "| 1 (0) |" in rows[1] and "lr 0.01" in rows[1]
     assert (snapshot_files(os.path.join(REPO, "images")), open(os.path.join(REPO, "README.md")).read()) == \
         tracked_before
     assert (tmp_path / "compare_val_accuracy.png").read_bytes()[:4] == b"\x89PNG"  # beside the runs
+    assert (tmp_path / "compare_lr.png").read_bytes()[:4] == b"\x89PNG"  # the swept field's figure
 
 
-def test_a_repeated_seed_counts_once_and_any_recipe_field_splits(seeded_runs, tmp_path):
+def test_a_repeated_seed_counts_once_says_which_folder_it_kept_and_any_recipe_field_splits(seeded_runs, tmp_path):
     experiment = tmp_path / "ex_1"
     (first, second) = _copy_runs(seeded_runs / "ex_1", experiment, count=2)
     duplicate = experiment / "cifar_10" / (first.name + "_1")
     shutil.copytree(first, duplicate)  # the same seed run again
-    rows = compare.summarize(compare.collect([str(experiment)]))["CIFAR-10"]
-    assert [(r["runs"], r["seeds"]) for r in rows] == [(2, [0, 1])]
-    for field, value in (("weight_decay", 0.5), ("augment", "crop_flip"), ("image_size", 64), ("amp", False)):
+    runs, rows = _rows(experiment)
+    (summary,) = [compare.summarize_row(r) for r in rows]
+    assert (summary["n"], summary["seeds"]) == (2, [0, 1])
+    (kept,) = summary["duplicates"]
+    assert kept["seed"] == 0 and {kept["kept"], *kept["dropped"]} == {str(first), str(duplicate)}
+    assert f"kept {kept['kept']}" in compare.markdown(rows, runs)
+    from common.config import recipe_key_fields
+    original = (second / "config.json").read_text()
+    for field, value in (("weight_decay", 0.5), ("augment", "crop_flip"), ("image_size", 64), ("amp", False),
+                         ("step_gamma", 0.5)):
+        assert field in recipe_key_fields()
         config = json.load(open(second / "config.json"))
         config["config"][field] = value
         (second / "config.json").write_text(json.dumps(config))
-        rows = compare.summarize(compare.collect([str(experiment)]))["CIFAR-10"]
-        assert sorted(r["runs"] for r in rows) == [1, 1], field
-        (second / "config.json").write_text(json.dumps(json.load(open(first / "config.json")) | {"seed": 1}))
+        _, rows = _rows(experiment)
+        assert sorted(compare.summarize_row(r)["n"] for r in rows) == [1, 1], field
+        (second / "config.json").write_text(original)
 
 
 def test_a_damaged_run_folder_is_listed_and_the_rest_is_printed(seeded_runs, tmp_path):

@@ -25,17 +25,17 @@ def test_two_process_training_counts_every_test_image_once(smoke_data, tmp_path)
     test = json.load(open(run / "test.json"))
 
     from common.augment import Preprocess
-    from common.config import config_from_dict
     from common.data import SPECS, load_cifar
     from common.metrics import classification_metrics
     from common.models import build_model
+    from common.runfolder import read_config
     from common.train import predict
 
-    cfg = config_from_dict(config["config"])
-    data = load_cifar(SPECS["cifar10"], cfg.data_dir, download=False)
-    model = build_model(cfg, 10)
+    record = read_config(str(run))
+    data = load_cifar(SPECS["cifar10"], record.options.data_dir, download=False)
+    model = build_model(record.recipe.model, 10, 32, False)
     model.load_state_dict(torch.load(run / "best.pth", weights_only=True)["model"])
-    logits = predict(model, data.test_x, None, Preprocess(32, cfg.mean, cfg.std, 4, "cpu"), 64)
+    logits = predict(model, data.test_x, None, Preprocess(32, record.recipe.mean, record.recipe.std, "cpu"), 64)
     single = classification_metrics(logits, data.test_y, data.classes)
     assert test["num_images"] == len(data.test_y)
     assert test["confusion_matrix"] == single["confusion_matrix"]  # same prediction for every image

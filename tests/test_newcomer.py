@@ -18,10 +18,11 @@ from tests.conftest import REPO, run_script
 def test_header_says_device_data_recipe_and_folder_before_training(ex1_smoke_runs):
     out, result = ex1_smoke_runs
     text = result.stdout
-    header = re.search(r"ex_1 on cifar10, seed 0 \| CPU (.+), (\d+) threads\n"
+    header = re.search(r"ex_1 cifar10 seed 0 \| CPU (.+), (\d+) threads\n"
                        r"  data:   540 train / 60 validation / 200 test images \(synthetic, --smoke\)\n"
-                       r"  recipe: tutorial_cnn \(50,326 parameters\), 2 epochs, batch 32, adam lr 0.001 "
-                       r"weight decay 0.0001, schedule none, 32 px, augmentation none\n"
+                       r"  recipe: tutorial_cnn \(50,326 parameters\), 2 epochs, batch 32, adam, lr 0.001, "
+                       r"weight decay 0.0001, schedule none, 0 warm-up epochs, 32 px, augmentation none, "
+                       r"mean 0.5,0.5,0.5, std 0.5,0.5,0.5, validation 0.1, split seed 0\n"
                        r"  run folder: (.+)\n", text)
     assert header, text[:2000]
     assert header.group(3).startswith(str(out / "cifar_10"))
@@ -110,18 +111,14 @@ def test_tensorboard_tags_are_grouped_and_hparams_hold_recipe_and_test_metrics(t
     assert events.Scalars("hparams/test_accuracy")[0].value == pytest.approx(test["accuracy"])
 
 
-def _help_flags() -> set:
-    flags = set()
-    for script in ("ex_1.py", "ex_3.py"):
-        result = run_script(script, "--help", timeout=60)
-        flags |= set(re.findall(r"(--[a-z][a-z-]+)", result.stdout))
-    return flags
+def test_llm_prompt_lists_every_flag_as_declared_and_names_every_run_folder_file(ex1_smoke_runs, tensorboard_run):
+    from common.cli import FLAGS_END, FLAGS_START, flags_markdown
 
-
-def test_llm_prompt_names_every_flag_and_every_run_folder_file(ex1_smoke_runs, tensorboard_run):
     prompt = open(os.path.join(REPO, "llm_prompt.md")).read()
-    missing_flags = sorted(flag for flag in _help_flags() if flag not in prompt and flag != "--help")
-    assert not missing_flags
+    block = prompt[prompt.index(FLAGS_START) + len(FLAGS_START) + 1:prompt.index(FLAGS_END)]
+    assert block == flags_markdown(), "regenerate it: python -m common.cli llm_prompt.md"
+    help_flags = set(re.findall(r"(--[a-z][a-z-]+)", run_script("ex_1.py", "--help", timeout=60).stdout)) - {"--help"}
+    assert help_flags and all(f"`{flag}`" in block for flag in help_flags)
     out, _ = ex1_smoke_runs
     files = set(os.listdir(glob.glob(str(out / "cifar_10" / "*"))[0])) | set(os.listdir(tensorboard_run))
     names = {re.sub(r"epoch-\d+\.pth", "epoch-N.pth", f) for f in files}
@@ -132,8 +129,11 @@ def test_llm_prompt_names_every_flag_and_every_run_folder_file(ex1_smoke_runs, t
 
 
 # common/ is layered: each module imports only modules of the floors below it.
-FLOORS = [{"errors"}, {"devices", "distributed", "download", "metrics"},
-          {"config", "data", "augment", "models", "runlog"}, {"train", "plots"}, {"experiment", "compare"}]
+FLOORS = [{"errors"},
+          {"files", "devices", "distributed", "metrics", "console", "stats", "reference", "torchfiles", "stopping"},
+          {"download", "provenance", "augment", "optimizers", "schedules"}, {"models", "data"}, {"config"},
+          {"cli", "runfolder"}, {"train", "plots", "plan"}, {"experiment", "compare", "jobs"}, {"member"}, {"slurm"},
+          {"launch"}]
 
 
 def test_common_imports_point_one_way_and_never_at_a_script():
@@ -155,8 +155,19 @@ def test_common_imports_point_one_way_and_never_at_a_script():
                     assert floor_of[parts[1]] < floor_of[name], f"common.{name} imports common.{parts[1]}"
 
 
-def test_run_dataset_reads_like_the_recipe():
-    source = open(os.path.join(REPO, "common", "experiment.py")).read()
-    tree = ast.parse(source)
-    (function,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "run_dataset"]
-    assert function.end_lineno - function.lineno + 1 <= 75
+def test_no_function_outside_the_tests_is_longer_than_60_lines():
+    paths = glob.glob(os.path.join(REPO, "common", "*.py")) + glob.glob(os.path.join(REPO, "benchmarks", "*.py")) + \
+        glob.glob(os.path.join(REPO, "ex_*.py"))
+    long = []
+    for path in paths:
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long.append(f"{os.path.basename(path)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long
+
+
+def test_library_functions_are_not_named_like_tests():
+    """pytest would collect a common.* function called test_* wherever a test imports it."""
+    for path in glob.glob(os.path.join(REPO, "common", "*.py")):
+        names = [n.name for n in ast.walk(ast.parse(open(path).read())) if isinstance(n, ast.FunctionDef)]
+        assert not [n for n in names if n.startswith("test")], path

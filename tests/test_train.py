@@ -9,19 +9,20 @@ import sys
 import pytest
 import torch
 
+from common.config import Recipe
+from common.optimizers import build_optimizer
+from common.schedules import PlateauState, after_epoch, epoch_lrs
 from tests.conftest import REPO
-from common.train import build_optimizer, build_scheduler, lr_factor, step_scheduler
 
 
-def _curve(name, epochs=10, warmup=0, val_losses=None):
-    p = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([p], lr=0.1)
-    sched = build_scheduler(name, opt, epochs, warmup)
+def _curve(name, epochs=10, warmup=0, val_losses=None, steps=1, **fields):
+    """The lr at the first step of each epoch (and, with steps > 1, at every step)."""
+    recipe = Recipe(scheduler=name, epochs=epochs, warmup_epochs=warmup, lr=0.1, **fields)
+    plateau = PlateauState()
     lrs = []
     for e in range(epochs):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        step_scheduler(sched, val_losses[e] if val_losses else 1.0)
+        lrs += epoch_lrs(recipe, e, steps, plateau)
+        after_epoch(recipe, plateau, val_losses[e] if val_losses else 1.0)
     return lrs
 
 
@@ -32,19 +33,28 @@ def test_schedule_curves():
     assert cosine == pytest.approx([0.05 * (1 + math.cos(math.pi * e / 10)) for e in range(10)])
     assert all(a > b for a, b in zip(cosine, cosine[1:]))
     assert _curve("step") == pytest.approx([0.1] * 5 + [0.01] * 3 + [0.001] * 2)
+    assert _curve("step", step_milestones=(0.3,), step_gamma=0.5) == pytest.approx([0.1] * 3 + [0.05] * 7)
     warm = _curve("cosine", warmup=2)
     assert warm[:3] == pytest.approx([0.01, 0.055, 0.1])
     assert warm[3] < 0.1
-    one = _curve("onecycle")
-    assert one[0] == pytest.approx(0.1 / 25) and max(one) == pytest.approx(0.1) and one.index(max(one)) == 3
-    assert one[-1] == pytest.approx(0.1 / 25e4)
     # plateau: halves after 3 epochs without improvement of the validation loss
     plateau = _curve("plateau", epochs=8, val_losses=[1.0, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9])
     assert plateau == pytest.approx([0.1] * 6 + [0.05] * 2)
+    assert _curve("plateau", epochs=8, val_losses=[1.0, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9], plateau_factor=0.25,
+                  plateau_patience=1) == pytest.approx([0.1] * 4 + [0.025] * 2 + [0.00625] * 2)
 
 
-def test_lr_factor_is_the_multiplier_of_the_curve():
-    assert lr_factor("cosine", 0, 4) == 1.0 and lr_factor("cosine", 2, 4) == pytest.approx(0.5)
+def test_per_batch_schedules_move_within_an_epoch_and_per_epoch_ones_do_not():
+    steps = 4
+    one = _curve("onecycle", epochs=10, steps=steps)
+    assert one[0] == pytest.approx(0.1 / 25) and max(one) == pytest.approx(0.1, rel=1e-3)
+    assert abs(one.index(max(one)) - 0.3 * (len(one) - 1)) <= 1  # the peak at 30% of training
+    assert one[-1] == pytest.approx(0.1 / 25e4) and all(a > b for a, b in zip(one[12:], one[13:]))
+    cosine = _curve("cosine", epochs=3, steps=steps)
+    assert cosine[:steps] == [cosine[0]] * steps  # held for a whole epoch
+    warm = _curve("none", epochs=3, warmup=1, steps=steps)
+    assert warm[:steps] == pytest.approx([0.01 + 0.09 * s / steps for s in range(steps)])  # warm-up per step
+    assert warm[steps:] == pytest.approx([0.1] * 2 * steps)
 
 
 def test_one_lion_step_equals_the_update_rule_by_hand():
@@ -64,9 +74,9 @@ def test_one_lion_step_equals_the_update_rule_by_hand():
 
 
 def _diff(a: str, b: str) -> set:
-    ca = dataclasses.asdict(importlib.import_module(a).CONFIG)
-    cb = dataclasses.asdict(importlib.import_module(b).CONFIG)
-    return {k for k in ca if ca[k] != cb[k]} - {"experiment"}
+    ca = dataclasses.asdict(importlib.import_module(a).RECIPE)
+    cb = dataclasses.asdict(importlib.import_module(b).RECIPE)
+    return {k for k in ca if ca[k] != cb[k]}
 
 
 def test_each_experiment_changes_only_its_recipe():
@@ -76,9 +86,11 @@ def test_each_experiment_changes_only_its_recipe():
 
 
 def test_recipes_match_the_seed_report():
-    ex = {n: importlib.import_module(f"ex_{n}").CONFIG for n in range(1, 6)}
+    from common.augment import crop_padding
+
+    ex = {n: importlib.import_module(f"ex_{n}").RECIPE for n in range(1, 6)}
     assert (ex[1].epochs, ex[1].batch_size, ex[1].lr, ex[1].weight_decay) == (50, 128, 1e-3, 1e-4)
-    assert (ex[2].image_size, ex[2].crop_padding(), ex[2].optimizer, ex[2].epochs) == (128, 16, "adamw", 100)
+    assert (ex[2].image_size, crop_padding(ex[2].image_size), ex[2].optimizer, ex[2].epochs) == (128, 16, "adamw", 100)
     assert (ex[3].pretrained, ex[3].image_size, ex[3].lr, ex[3].augment, ex[3].epochs) == (True, 32, 1e-4, "none", 40)
     assert (ex[4].image_size, ex[4].epochs) == (128, 15)
     assert ex[5].optimizer == "lion" and ex[5].lr < ex[4].lr and ex[5].weight_decay > ex[4].weight_decay
@@ -148,6 +160,6 @@ def test_progress_bar_shows_the_loss_of_the_step_it_redraws_at(monkeypatch):
     images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(40) % 10
     train.train_one_epoch(model, torch.optim.SGD(model.parameters(), lr=0.01), images, labels, torch.arange(40),
-                          preprocess=Preprocess(32, (0.5,) * 3, (0.5,) * 3, 4, "cpu"), batch_size=10,
+                          preprocess=Preprocess(32, (0.5,) * 3, (0.5,) * 3, "cpu"), batch_size=10,
                           generator=torch.Generator().manual_seed(0))
     assert shown == [f"{loss.item():.3f}" for loss in losses] and len(shown) == 4

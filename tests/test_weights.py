@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from common.errors import UserError
-from common.models import efficientnet_v2_s
+from common.models import PretrainedWeights, build_model, cached_weights
 from tests.conftest import closed_port, run_script
 
 
@@ -17,7 +17,7 @@ def test_offline_weights_stop_fast_and_name_both_ways_out(tmp_path, monkeypatch)
     url = f"http://127.0.0.1:{closed_port()}/efficientnet_v2_s-test.pth"
     start = time.perf_counter()
     with pytest.raises(UserError) as info:
-        efficientnet_v2_s(10, pretrained=True, url=url)
+        cached_weights(PretrainedWeights(url, "abc123", 2**20))
     assert time.perf_counter() - start < 10
     assert "--weights PATH" in str(info.value) and "--no-pretrained" in str(info.value) and url in str(info.value)
 
@@ -35,7 +35,7 @@ def imagenet_style_weights(tmp_path_factory):
 
 def test_local_weights_load_and_head_is_replaced(imagenet_style_weights):
     state = torch.load(imagenet_style_weights, weights_only=True)
-    model = efficientnet_v2_s(100, pretrained=True, weights_path=str(imagenet_style_weights))
+    model = build_model("efficientnet_v2_s", 100, 32, False, str(imagenet_style_weights))
     own = model.state_dict()
     assert torch.equal(own["features.0.0.weight"], state["features.0.0.weight"])
     assert own["classifier.1.weight"].shape == (100, 1280)
@@ -47,7 +47,7 @@ def test_weights_with_wrong_shapes_are_refused(tmp_path, imagenet_style_weights)
     bad = tmp_path / "bad.pth"
     torch.save(state, bad)
     with pytest.raises(UserError, match=r"does not fit EfficientNetV2-S .*features\.0\.0\.weight"):
-        efficientnet_v2_s(10, pretrained=True, weights_path=str(bad))
+        build_model("efficientnet_v2_s", 10, 32, True, str(bad))
 
 
 def test_cli_rejects_foreign_weights_with_one_line(tmp_path, smoke_data):

@@ -1,0 +1,200 @@
+"""A command's runs as a plan: datasets x seeds x swept values, kept in sweep.json.
+
+    python ex_1.py --sweep lr=0.0003,0.001,0.003 --seeds 0,1,2 --name lr
+        -> ex_1/sweeps/lr/sweep.json and ex_1/sweeps/lr/cifar_10/lr=0.0003,seed=0/ ... (18 members)
+    python ex_1.py --seeds 0,1                     (a plain multi-run command is a plan too)
+        -> ex_1/sweeps/<time>/sweep.json and ex_1/cifar_10/<time>_seed0/ ... (4 members)
+
+sweep.json lists every member: its dataset, its resolved recipe and options, its run folder
+(relative to the plan's folder) and its status as the last launcher saw it. Every member's
+folder name is fixed when the plan is made, so any process (a local job, a Slurm array task)
+can run any member; a member's own run folder, under its lock, is the truth about its state:
+complete (test.json), running (its lock is held), interrupted or failed (train.json), or not
+started. Running the plan again (--resume PLAN_DIR, or the same command with the same --name)
+skips complete members, resumes interrupted ones from last.pth and starts the rest.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import itertools
+import json
+import os
+import shlex
+from dataclasses import dataclass
+
+from common import provenance, runfolder
+from common.config import Options, Recipe, from_dict, to_dict
+from common.errors import UserError
+
+PLAN_FILE = "sweep.json"
+PLAN_FORMAT = "cifar-experiments-sweep/1"
+SWEEPS = "sweeps"  # OUT/sweeps/NAME/: where plans live
+
+
+@dataclass(frozen=True)
+class Member:
+    id: str            # its run folder relative to the plan's folder, e.g. "cifar_10/lr=0.003,seed=1"
+    dataset: str
+    recipe: Recipe
+    options: Options
+    run_dir: str       # absolute
+
+
+@dataclass(frozen=True)
+class Plan:
+    folder: str
+    experiment: str
+    name: str
+    script_recipe: Recipe
+    sweep: tuple       # ((field, (values...)), ...)
+    members: tuple
+    launcher: dict     # the last launcher's settings ({"kind": "local", "jobs": N} or Slurm's)
+
+    def member(self, member_id: str) -> Member:
+        for member in self.members:
+            if member.id == member_id:
+                return member
+        raise UserError(f"{os.path.join(self.folder, PLAN_FILE)} has no member {member_id!r}")
+
+
+def _value_words(value) -> str:
+    """A value as it appears in a folder name: 0.003, crop_flip, 0.5_0.75 (no '/')."""
+    if isinstance(value, (list, tuple)):
+        return "_".join(_value_words(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def stamp() -> str:
+    return datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def make_plan(command, now: str, check) -> Plan:
+    """The plan of a command line (not yet written). `check(recipe, options)`: a member's usage check."""
+    launch = command.launch
+    datasets = ("cifar10", "cifar100") if launch.dataset == "all" else (launch.dataset,)
+    seeds = launch.seeds or (command.options.seed,)
+    sweep = tuple(launch.sweep or ())
+    named = bool(sweep or launch.name)
+    folder = os.path.join(command.options.out, SWEEPS, launch.name or now)
+    members = []
+    for combo in itertools.product(*(values for _, values in sweep)):
+        recipe = dataclasses.replace(command.recipe, **{name: value for (name, _), value in zip(sweep, combo)})
+        for seed in seeds:
+            options = dataclasses.replace(command.options, seed=seed)
+            check(recipe, options)
+            for dataset in datasets:
+                words = [f"{name}={_value_words(value)}" for (name, _), value in zip(sweep, combo)]
+                if named:
+                    run_dir = os.path.join(folder, runfolder.DATASET_FOLDERS[dataset], ",".join(words + [f"seed={seed}"]))
+                else:
+                    run_dir = os.path.join(command.options.out, runfolder.DATASET_FOLDERS[dataset],
+                                           now + (f"_seed{seed}" if len(seeds) > 1 else ""))
+                members.append(Member(os.path.relpath(run_dir, folder), dataset, recipe, options, run_dir))
+    return Plan(folder, command.experiment, launch.name or now, command.script_recipe, sweep, tuple(members), {})
+
+
+def plan_record(plan: Plan, statuses: dict | None = None) -> dict:
+    return {"format": PLAN_FORMAT, "experiment": plan.experiment, "name": plan.name,
+            "created": provenance.now(), "command": provenance.command_line(),
+            "script_recipe": to_dict(plan.script_recipe),
+            "sweep": [[name, list(values)] for name, values in plan.sweep], "launcher": plan.launcher,
+            "members": [{"id": m.id, "dataset": m.dataset, "run_dir": m.id, "recipe": to_dict(m.recipe),
+                         "options": to_dict(m.options), "status": (statuses or {}).get(m.id, "not started")}
+                        for m in plan.members]}
+
+
+def write_plan(plan: Plan, statuses: dict | None = None) -> None:
+    """sweep.json; `created` and `command` stay the first launcher's."""
+    path = os.path.join(plan.folder, PLAN_FILE)
+    record = plan_record(plan, statuses)
+    if os.path.exists(path):
+        old = runfolder.read_json(path)
+        record["created"], record["command"] = old.get("created"), old.get("command")
+    os.makedirs(plan.folder, exist_ok=True)
+    runfolder.write_json(path, record)
+
+
+def read_plan(folder: str) -> Plan:
+    """sweep.json, validated: every member's recipe and options pass their fields' rules."""
+    path = os.path.join(folder, PLAN_FILE)
+    raw = runfolder.read_json(path)
+    if not (isinstance(raw, dict) and raw.get("format") == PLAN_FORMAT and isinstance(raw.get("members"), list)):
+        raise UserError(f"{path} is not a plan written by this repo")
+    try:
+        members = tuple(_member(folder, m, path) for m in raw["members"])
+        sweep = tuple((name, tuple(values)) for name, values in raw.get("sweep", []))
+    except (TypeError, ValueError, KeyError) as e:
+        raise UserError(f"{path} is damaged: {type(e).__name__}: {e}") from None
+    script_recipe = from_dict(Recipe, raw.get("script_recipe"), f"{path}: script_recipe")[0]
+    return Plan(os.path.abspath(folder), str(raw.get("experiment")), str(raw.get("name")), script_recipe, sweep,
+                members, raw.get("launcher") or {})
+
+
+def _member(folder: str, raw: dict, path: str) -> Member:
+    if raw["dataset"] not in runfolder.DATASET_FOLDERS or not isinstance(raw["id"], str):
+        raise ValueError(f"member {raw.get('id')!r} names no dataset")
+    recipe = from_dict(Recipe, raw["recipe"], f"{path}: member {raw['id']}")[0]
+    options = from_dict(Options, raw["options"], f"{path}: member {raw['id']}")[0]
+    return Member(raw["id"], raw["dataset"], recipe, options, os.path.normpath(os.path.join(folder, raw["id"])))
+
+
+def same_members(a: Plan, b: Plan) -> bool:
+    """Whether two plans run the same members (device aside: where a run trains may change)."""
+    def key(plan):
+        return [(m.id, m.dataset, to_dict(m.recipe), {**to_dict(m.options), "device": None}) for m in plan.members]
+    return key(a) == key(b)
+
+
+def member_status(member: Member) -> str:
+    """completed, running (its lock is held), interrupted, failed, running-but-gone (killed), or not started."""
+    run_dir = member.run_dir
+    if runfolder.is_complete(run_dir):
+        return "completed"
+    if runfolder.is_locked(run_dir):
+        return "running"
+    if not os.path.isfile(runfolder.path(run_dir, runfolder.TRAIN)):
+        return "not started"
+    try:
+        status = runfolder.read_json(runfolder.path(run_dir, runfolder.TRAIN)).get("status")
+    except (UserError, AttributeError):
+        return "damaged"
+    return "killed" if status == "running" else str(status)
+
+
+def resume_command(script: str, plan: Plan) -> str:
+    return f"python {script} --resume {shlex.quote(plan.folder)}"
+
+
+def describe(plan: Plan) -> str:
+    fields = ", ".join(f"{name} in {{{', '.join(_value_words(v) for v in values)}}}" for name, values in plan.sweep)
+    return (f"plan {plan.name}: {len(plan.members)} member{'s' * (len(plan.members) != 1)}"
+            + (f" ({fields})" if fields else "") + f", in {plan.folder}")
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, sort_keys=True)
+
+
+def main(argv: list) -> None:
+    """python -m common.plan PLAN_DIR: each member's status, now."""
+    import sys
+
+    if len(argv) != 1:
+        sys.exit("usage: python -m common.plan PLAN_DIR")
+    try:
+        the_plan = read_plan(argv[0])
+    except UserError as e:
+        sys.exit(f"error: {e}")
+    statuses = [(m, member_status(m)) for m in the_plan.members]
+    print(describe(the_plan))
+    for member, status in statuses:
+        print(f"  {member.id}: {status}")
+    counts = {s: sum(1 for _, x in statuses if x == s) for s in sorted({x for _, x in statuses})}
+    print(", ".join(f"{n} {s}" for s, n in counts.items()))
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

@@ -1,0 +1,445 @@
+"""The run folder: this module names every file in it, writes each atomically, and reads each
+back through one validator per kind, used by --resume and compare alike.
+
+    config.json        what ran: recipe, options, data, code, hardware (written once, + resumes)
+    train.json         status and every epoch's record (rewritten after each epoch)
+    test.json          test metrics of best.pth (its presence marks a complete run)
+    predictions.npz    the test set's class probabilities behind test.json
+    last.pth           the training state --resume needs; best.pth, epoch-N.pth: weights
+    *.png, model_summary.txt, log.txt (a sweep member's console), .lock (who trains it now)
+
+Every write goes through common.files (temp-then-rename), so a kill leaves each file whole;
+a damaged or foreign file is a UserError naming it, before anything in the folder changes.
+"""
+from __future__ import annotations
+
+import datetime
+import fcntl
+import io
+import json
+import math
+import os
+import re
+import socket
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from common import provenance, schedules
+from common.config import DATASETS, Options, Recipe, from_dict, to_dict
+from common.errors import UserError, os_reason
+from common.files import FILE_MODE, atomic_write, write_bytes
+from common.torchfiles import load, load_state
+
+CONFIG, TRAIN, TEST, PREDICTIONS = "config.json", "train.json", "test.json", "predictions.npz"
+LAST, BEST, SUMMARY, LOG, LOCK = "last.pth", "best.pth", "model_summary.txt", "log.txt", ".lock"
+LOSS_PNG, ACCURACY_PNG = "loss.png", "accuracy.png"
+CONFUSION_PNG, ERRORS_PNG, CALIBRATION_PNG = "confusion_matrix.png", "errors.png", "calibration.png"
+DATASET_FOLDERS = {"cifar10": "cifar_10", "cifar100": "cifar_100"}
+STATUSES = ("running", "completed", "interrupted", "failed")
+CHECKPOINT_FORMAT = "cifar-experiments-checkpoint/2"
+
+
+def path(run_dir: str, name: str) -> str:
+    return os.path.join(run_dir, name)
+
+
+def epoch_checkpoint(epoch: int) -> str:
+    return f"epoch-{epoch}.pth"
+
+
+def create(root: str) -> str:
+    """root/<YYYY-MM-DD_HH-MM-SS>[_N]: mkdir is atomic, so concurrent runs never share one."""
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    try:
+        os.makedirs(root, exist_ok=True)
+        for n in range(1000):
+            folder = os.path.join(root, stamp if n == 0 else f"{stamp}_{n}")
+            try:
+                os.mkdir(folder)
+                return folder
+            except FileExistsError:
+                continue
+    except OSError as e:
+        raise UserError(f"cannot create a run folder under {root}: {os_reason(e)}") from None
+    raise UserError(f"could not create a run folder under {root}")
+
+
+def is_complete(run_dir: str) -> bool:
+    return os.path.isfile(path(run_dir, TEST))
+
+
+# --- the lock: one process trains a run folder -------------------------------------------
+
+_HELD: dict = {}  # realpath of a held lock file -> [fd, depth]: re-entrant within this process
+
+
+def holder_description() -> str:
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") and f"{os.environ['SLURM_ARRAY_JOB_ID']}_" \
+        f"{os.environ.get('SLURM_ARRAY_TASK_ID')}" or os.environ.get("SLURM_JOB_ID")
+    return f"PID {os.getpid()} on {socket.gethostname()}" + (f", Slurm job {job}" if job else "")
+
+
+@contextmanager
+def locked(run_dir: str):
+    """Hold run_dir's lock (a POSIX lock: the kernel drops it when the holder dies, even by SIGKILL,
+    so a stale lock file is simply taken over). Held elsewhere: a UserError naming the holder."""
+    lock_path = os.path.realpath(path(run_dir, LOCK))
+    if lock_path in _HELD:
+        _HELD[lock_path][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[lock_path][1] -= 1
+        return
+    created = not os.path.exists(lock_path)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    except OSError as e:
+        raise UserError(f"cannot lock {run_dir}: {os_reason(e)}") from None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 500).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise UserError(f"{run_dir} is being trained by {holder}; two processes must not train one run "
+                        f"folder: wait for it, or stop it first") from None
+    _HELD[lock_path] = [fd, 1]
+    try:
+        yield
+    except BaseException:
+        if created and not os.path.exists(path(run_dir, CONFIG)):
+            os.remove(lock_path)  # refused before anything was written: leave the folder as it was
+        raise
+    finally:
+        del _HELD[lock_path]
+        os.close(fd)
+
+
+def is_locked(run_dir: str) -> bool:
+    """Whether a process (this one included) holds run_dir's lock now."""
+    lock_path = os.path.realpath(path(run_dir, LOCK))
+    if lock_path in _HELD:
+        return True
+    try:
+        fd = os.open(lock_path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # drops the probe's own lock (this process held none on the file)
+
+
+def claim(run_dir: str) -> None:
+    """Write this process into the held lock file (once the run goes ahead)."""
+    fd = _HELD[os.path.realpath(path(run_dir, LOCK))][0]
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, holder_description().encode(), 0)
+
+
+# --- JSON ----------------------------------------------------------------------------------
+
+def _json_safe(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None  # JSON has no NaN/inf; null says "not defined"
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def write_json(file_path: str, obj) -> None:
+    write_bytes(file_path, (json.dumps(_json_safe(obj), indent=2, allow_nan=False) + "\n").encode())
+
+
+def read_json(file_path: str):
+    """The parsed file; missing, unreadable, invalid or absurdly nested JSON is a UserError naming it."""
+    try:
+        with open(file_path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{file_path} does not exist") from None
+    except (OSError, ValueError, RecursionError) as e:
+        raise UserError(f"{file_path} is damaged: {type(e).__name__}: {str(e)[:120]}") from None
+
+
+def _finite(value, low: float = -math.inf, high: float = math.inf) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < 1e300
+            and math.isfinite(value) and low <= value <= high)
+
+
+# --- config.json -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunRecord:
+    """config.json, validated."""
+    experiment: str
+    dataset: str
+    recipe: Recipe
+    options: Options
+    script_recipe: Recipe | None   # None for runs made before config.json recorded it
+    processes: int
+    data_sha256: str | None
+    environment: dict
+    git: dict
+    raw: dict
+    defaulted: tuple = ()          # recipe and option fields the file lacks (read with their defaults)
+
+
+def config_record(experiment: str, dataset: str, recipe: Recipe, options: Options, script_recipe: Recipe,
+                  repo_root: str, device, parameters: int, classes: list, data: dict, split: dict,
+                  processes: int) -> dict:
+    """config.json: what ran (the resolved fields and the script's own recipe), where, with which code and data."""
+    return {"experiment": experiment, "dataset": dataset, "recipe": to_dict(script_recipe),
+            "config": {"experiment": experiment, **to_dict(recipe), **to_dict(options)},
+            "command": provenance.command_line(), "git": provenance.git_info(repo_root),
+            "environment": provenance.environment(device), "seed": options.seed, "start_time": provenance.now(),
+            "parameters": parameters, "classes": classes, "data": data, "split": split, "resumes": [],
+            "processes": processes}
+
+
+def read_config(run_dir: str) -> RunRecord:
+    file_path = path(run_dir, CONFIG)
+    if not os.path.isfile(file_path):
+        raise UserError(f"{run_dir} is not a run folder (no {CONFIG})")
+    raw = read_json(file_path)
+    if not isinstance(raw, dict):
+        raise UserError(f"{file_path} is damaged: not an object")
+    config = raw.get("config")
+    recipe, missing_recipe = from_dict(Recipe, config, f"{file_path}: config")
+    options, missing_options = from_dict(Options, config, f"{file_path}: config")
+    experiment = raw.get("experiment", config.get("experiment"))
+    problem = _record_problem(raw, experiment, options)
+    if problem:
+        raise UserError(f"{file_path} is damaged: {problem}")
+    script = raw.get("recipe")
+    script_recipe = from_dict(Recipe, script, f"{file_path}: recipe")[0] if script is not None else None
+    data = raw.get("data") or {}
+    return RunRecord(experiment, raw["dataset"], recipe, options, script_recipe, raw.get("processes", 1),
+                     data.get("test_file_sha256"), raw.get("environment", {}), raw.get("git") or {}, raw,
+                     tuple(missing_recipe + missing_options))
+
+
+def _record_problem(raw: dict, experiment, options: Options) -> str | None:
+    """What is wrong with config.json's own fields, if anything."""
+    if raw.get("dataset") not in DATASETS:
+        return "no dataset named"
+    if not (isinstance(experiment, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", experiment)):
+        return f"'experiment' is {experiment!r}"
+    if raw.get("seed", options.seed) != options.seed:
+        return "'seed' differs from config's"
+    if not (isinstance(raw.get("processes", 1), int) and raw.get("processes", 1) >= 1):
+        return "'processes' is not a positive whole number"
+    for key, kind in (("environment", dict), ("git", dict), ("data", dict), ("resumes", list)):
+        if key in raw and not isinstance(raw[key], kind):
+            return f"'{key}' is not a{'n' if kind is dict and key == 'environment' else ''} {kind.__name__}"
+    env = raw.get("environment", {})
+    if any(not isinstance(v, (str, int, float, bool, type(None))) for v in env.values()):
+        return "'environment' holds a value that is not a string or number"
+    sha = (raw.get("data") or {}).get("test_file_sha256")
+    if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+        return "'data.test_file_sha256' is not a sha256"
+    return None
+
+
+def record_resume(run_dir: str, raw: dict, from_epoch: int, repo_root: str) -> None:
+    """Append this --resume to config.json (only once the checkpoint has been accepted)."""
+    raw["resumes"] = raw.get("resumes", []) + [
+        {"time": provenance.now(), "command": provenance.command_line(), "from_epoch": from_epoch,
+         "git": provenance.git_info(repo_root)}]
+    write_json(path(run_dir, CONFIG), raw)
+
+
+# --- train.json and test.json ------------------------------------------------------------------
+
+def train_summary(experiment: str, dataset: str, epochs_planned: int, history: list, status: str,
+                  error: str | None = None) -> dict:
+    """train.json: status, the best epoch by validation accuracy (the first of equals), totals, every epoch."""
+    best = max(history, key=lambda h: h["val_accuracy"], default=None)  # max keeps the first maximum
+    train_seconds = sum(h["train_time_s"] for h in history)
+    return {"experiment": experiment, "dataset": dataset, "status": status, "error": error,
+            "epochs_planned": epochs_planned, "epochs_done": len(history),
+            "best_epoch": best["epoch"] if best else 0, "best_val_accuracy": best["val_accuracy"] if best else None,
+            "train_time_s": sum(h["epoch_time_s"] for h in history),
+            "images_per_s": sum(h["train_images"] for h in history) / train_seconds if history else None,
+            "epochs": history}
+
+
+EPOCH_NUMBERS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s")
+
+
+def read_train(run_dir: str) -> dict:
+    file_path = path(run_dir, TRAIN)
+    train = read_json(file_path)
+    if not (isinstance(train, dict) and train.get("status") in STATUSES):
+        raise UserError(f"{file_path} is damaged: no status")
+    epochs = train.get("epochs")
+    if not (isinstance(epochs, list) and all(
+            isinstance(e, dict) and e.get("epoch") == i + 1 and all(_finite(e.get(k)) for k in EPOCH_NUMBERS)
+            for i, e in enumerate(epochs))):
+        raise UserError(f"{file_path} is damaged: its epochs are not records of finite numbers 1..N")
+    if epochs and not (_finite(train.get("best_epoch"), 1, len(epochs)) and _finite(train.get("train_time_s"), 0)):
+        raise UserError(f"{file_path} is damaged: best_epoch or train_time_s is not a number")
+    return train
+
+
+TEST_NUMBERS = {"accuracy": (0, 1), "f1": (0, 1), "loss": (0, math.inf), "test_time_s": (0, math.inf)}
+
+
+def read_test(run_dir: str) -> dict:
+    file_path = path(run_dir, TEST)
+    test = read_json(file_path)
+    if not isinstance(test, dict):
+        raise UserError(f"{file_path} is damaged: not an object")
+    for key, (low, high) in TEST_NUMBERS.items():
+        if not _finite(test.get(key), low, high):
+            raise UserError(f"{file_path} is damaged: '{key}' is {test.get(key)!r}, not a finite number in "
+                            f"[{low}, {high}]")
+    for key in ("auc", "auc_hard_labels", "top5_accuracy"):
+        if key in test and test[key] is not None and not _finite(test[key], 0, 1):
+            raise UserError(f"{file_path} is damaged: '{key}' is {test[key]!r}")
+    return test
+
+
+def write_predictions(run_dir: str, probabilities, labels, predicted) -> None:
+    """predictions.npz: the test set's class probabilities (float16, N x K), true labels and the
+    predicted class (argmax of the float32 probabilities: float16 can tie two classes)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, probabilities=np.asarray(probabilities, dtype=np.float16),
+                        labels=np.asarray(labels, dtype=np.int64), predicted=np.asarray(predicted, dtype=np.int64))
+    write_bytes(path(run_dir, PREDICTIONS), buffer.getvalue())
+
+
+def read_predictions(run_dir: str) -> dict:
+    """{probabilities, labels, predicted}, checked for matching lengths."""
+    file_path = path(run_dir, PREDICTIONS)
+    try:
+        with np.load(file_path, allow_pickle=False) as kept:
+            out = {k: kept[k] for k in ("probabilities", "labels", "predicted")}
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{file_path} is missing or damaged: {type(e).__name__}: {str(e)[:120]}") from None
+    n = len(out["labels"])
+    if out["probabilities"].ndim != 2 or len(out["probabilities"]) != n or len(out["predicted"]) != n:
+        raise UserError(f"{file_path} is damaged: its arrays have different lengths")
+    return out
+
+
+def write_text(run_dir: str, name: str, text: str) -> None:
+    write_bytes(path(run_dir, name), text.encode())
+
+
+# --- checkpoints: what is saved and what is checked when it is read back, side by side -------
+
+@dataclass
+class TrainingState:
+    """What an epoch changes and --resume restores. Each epoch's randomness comes from
+    (seed, epoch) alone (common.train.epoch_seed), so no RNG state needs saving."""
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: object = None                          # torch.amp.GradScaler on fp16 GPUs, else None
+    plateau: schedules.PlateauState = field(default_factory=schedules.PlateauState)
+    history: list = field(default_factory=list)    # one epoch record per finished epoch
+    saved_epochs: int = 0                          # how many of them last.pth holds
+
+    def best(self) -> dict | None:
+        return max(self.history, key=lambda h: h["val_accuracy"], default=None)
+
+
+def _save_checkpoint(file_path: str, state: dict) -> None:
+    buffer = io.BytesIO()  # serialised first: a full disk then fails in our write, with its errno
+    torch.save(dict(state, format=CHECKPOINT_FORMAT), buffer)
+    atomic_write(file_path, lambda f: f.write(buffer.getbuffer()))
+
+
+def save_state(run_dir: str, state: TrainingState, experiment: str, dataset: str, config: dict,
+               save_every: int, improved: bool) -> None:
+    """last.pth: everything --resume needs. best.pth and epoch-N.pth: the weights, with their
+    epoch and validation metrics (a third of last.pth's size with Adam's two moments)."""
+    epoch = len(state.history)
+    last = state.history[-1] if state.history else {}
+    weights = {"experiment": experiment, "dataset": dataset, "epoch": epoch, "model": state.model.state_dict(),
+               "val_accuracy": last.get("val_accuracy"), "val_loss": last.get("val_loss"), "config": config}
+    if improved:
+        _save_checkpoint(path(run_dir, BEST), weights)
+    if save_every and epoch and epoch % save_every == 0:
+        _save_checkpoint(path(run_dir, epoch_checkpoint(epoch)), weights)
+    best = state.best()
+    _save_checkpoint(path(run_dir, LAST), dict(
+        weights, optimizer=state.optimizer.state_dict(), scheduler=schedules.plateau_state_dict(state.plateau),
+        scaler=state.scaler.state_dict() if state.scaler is not None else None, history=state.history,
+        best={"epoch": best["epoch"], "val_accuracy": best["val_accuracy"]} if best else
+        {"epoch": 0, "val_accuracy": -1.0}))
+    state.saved_epochs = epoch
+
+
+def load_checkpoint(file_path: str) -> dict:
+    state = load(file_path, "checkpoint")
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{file_path} is not a checkpoint written by this version of the repo")
+    return state
+
+
+TRAINING_STATE_KEYS = ("experiment", "dataset", "epoch", "model", "optimizer", "scheduler", "history", "best")
+
+
+def load_last(run_dir: str, experiment: str, dataset: str, epochs: int) -> dict | None:
+    """last.pth, checked against its run (None if the run was killed before its first one): the right
+    experiment and dataset, an epoch within the plan, a history of exactly that many epochs, a best
+    epoch inside it. Shapes are checked when it is restored."""
+    file_path = path(run_dir, LAST)
+    if not os.path.exists(file_path):
+        return None
+    state = load_checkpoint(file_path)
+    missing = [k for k in TRAINING_STATE_KEYS if k not in state]
+    if missing:
+        raise UserError(f"{file_path} lacks {', '.join(missing)}: not a last.pth of this repo")
+    if (state["experiment"], state["dataset"]) != (experiment, dataset):
+        raise UserError(f"{file_path} belongs to {state['experiment']} {state['dataset']}, not to this run "
+                        f"({experiment} {dataset})")
+    epoch, history, best = state["epoch"], state["history"], state["best"]
+    if not (isinstance(epoch, int) and 0 <= epoch <= epochs):
+        raise UserError(f"{file_path} says epoch {epoch!r}, outside this run's 0..{epochs}")
+    if not (isinstance(history, list) and len(history) == epoch
+            and all(isinstance(h, dict) and h.get("epoch") == i + 1 for i, h in enumerate(history))):
+        raise UserError(f"{file_path} is inconsistent: its history does not hold epochs 1..{epoch}")
+    if not (isinstance(best, dict) and isinstance(best.get("epoch"), int) and 0 <= best["epoch"] <= epoch
+            and (epoch == 0) == (best["epoch"] == 0)):
+        raise UserError(f"{file_path} is inconsistent: best epoch {best.get('epoch') if isinstance(best, dict) else best!r}"
+                        f" is not one of its {epoch} epochs")
+    return state
+
+
+def restore_state(run_dir: str, checkpoint: dict, state: TrainingState, peak_lr: float) -> None:
+    """Load a checked last.pth into `state`; shapes that do not fit are a UserError before anything
+    in the run folder changes."""
+    source = path(run_dir, LAST)
+    load_state(state.model, checkpoint["model"], source, "model")
+    load_state(state.optimizer, checkpoint["optimizer"], source, "optimizer state")
+    if state.scaler is not None and checkpoint.get("scaler"):
+        load_state(state.scaler, checkpoint["scaler"], source, "grad scaler state")
+    try:
+        state.plateau = schedules.plateau_from_dict(_plateau_fields(checkpoint["scheduler"], peak_lr))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{source}: its scheduler state does not fit this run ({e})") from None
+    state.history = list(checkpoint["history"])
+    state.saved_epochs = len(state.history)
+
+
+def _plateau_fields(saved, peak_lr: float) -> dict:
+    """The plateau rule's state. Older last.pth files hold torch's scheduler states: a
+    ReduceLROnPlateau's is translated, a LambdaLR's (a schedule without state) is empty."""
+    if isinstance(saved, dict) and "num_bad_epochs" in saved:
+        last_lr = (saved.get("_last_lr") or [peak_lr])[0]
+        return {"best": saved["best"], "bad_epochs": saved["num_bad_epochs"], "scale": last_lr / peak_lr}
+    return {} if isinstance(saved, dict) and "base_lrs" in saved else saved
+
+
+def load_best(run_dir: str) -> dict:
+    return load_checkpoint(path(run_dir, BEST))
