@@ -1,0 +1,192 @@
+"""--jobs N: a plan's members as N processes at once on this machine, one live line each.
+
+Each member runs as `python -m common.member PLAN_DIR ID` with OMP_NUM_THREADS = cores / N
+(on a GPU they share it), its console output in its run folder's log.txt. The console shows
+one line per running member (the last line of its log) and the plan's progress: done /
+running / left, elapsed time and an ETA from the epochs done. Ctrl-C or SIGTERM stops every
+member cleanly (each marks its run interrupted); if this process is killed outright, the
+kernel sends each member SIGTERM (PR_SET_PDEATHSIG), so no member trains on unwatched.
+A member that fails in training does not stop the others; one that fails before training
+(data, device, disk) stops new starts, since every other would fail the same way.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from common import REPO_ROOT, plan, runfolder
+from common.errors import UserError
+from common.train import LOG_INTERVAL_ENV
+TTY_REFRESH_S, LOG_REFRESH_S = 1.0, 60.0
+STOP_WAIT_S = 120  # a member stops within seconds of SIGTERM; past this it is killed
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the launcher dies, however it dies (Linux)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def start_member(the_plan: plan.Plan, member: plan.Member, threads: int) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1", **{LOG_INTERVAL_ENV: "5"})
+    return subprocess.Popen([sys.executable, "-m", "common.member", the_plan.folder, member.id], cwd=REPO_ROOT,
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=_die_with_parent)
+
+
+def run_parallel(the_plan: plan.Plan, jobs: int) -> dict:
+    """{member id: None (done) or its error} for the members this call ran."""
+    todo = [m for m in the_plan.members if plan.member_status(m) not in ("completed", "running")]
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    view = LiveView(the_plan, len(todo), jobs, threads)
+    running, outcomes, stopping_error = {}, {}, None
+    try:
+        while todo or running:
+            while todo and len(running) < jobs and stopping_error is None:
+                member = todo.pop(0)
+                running[member.id] = (start_member(the_plan, member, threads), member)
+                view.event(f"started {member.id}")
+            for member_id, (proc, member) in list(running.items()):
+                if proc.poll() is not None:
+                    del running[member_id]
+                    outcomes[member_id], fatal = outcome(proc, member)
+                    view.event(f"{'done' if outcomes[member_id] is None else 'stopped'} {member_id}: "
+                               f"{summary_words(member, outcomes[member_id])}")
+                    stopping_error = stopping_error or fatal
+            if stopping_error:
+                todo.clear()
+            view.draw([m for _, m in running.values()], len(todo), len(outcomes))
+            time.sleep(0.25)
+    except KeyboardInterrupt as e:
+        stop_all(running, view)
+        e.plan_dir = the_plan.folder
+        raise
+    finally:
+        view.close()
+    if stopping_error:
+        raise UserError(stopping_error)
+    return outcomes
+
+
+def outcome(proc: subprocess.Popen, member: plan.Member) -> tuple:
+    """(None, None) done; (error, None) a failure in training; (error, error) a failure before it."""
+    stderr = proc.stderr.read() if proc.stderr else ""
+    if proc.returncode == 0:
+        return None, None
+    errors = [line[len("error: "):] for line in stderr.splitlines() if line.startswith("error: ")]
+    status = plan.member_status(member)
+    if proc.returncode == 1 and status != "failed" and errors and "is being trained by" not in errors[-1]:
+        return errors[-1], f"{member.id}: {errors[-1]}"
+    if status == "failed":
+        return _train_error(member) or "failed", None
+    return errors[-1] if errors else f"{status} (exit code {proc.returncode})", None
+
+
+def _train_error(member: plan.Member) -> str | None:
+    try:
+        return runfolder.read_json(runfolder.path(member.run_dir, runfolder.TRAIN)).get("error")
+    except UserError:
+        return None
+
+
+def summary_words(member: plan.Member, error: str | None) -> str:
+    if error is not None:
+        return error
+    try:
+        test = runfolder.read_test(member.run_dir)
+        return f"test accuracy {test['accuracy']:.4f}"
+    except UserError:
+        return "complete"
+
+
+def stop_all(running: dict, view) -> None:
+    """SIGTERM to every member (a terminal's Ctrl-C reached them already; a second signal is ignored), then wait."""
+    for proc, _ in running.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    view.event(f"stopping {len(running)} member(s) ...")
+    deadline = time.monotonic() + STOP_WAIT_S
+    for proc, member in running.values():
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        view.event(f"stopped {member.id} ({plan.member_status(member)})")
+
+
+def last_line(path: str) -> str:
+    """The last non-empty line of a log (a progress bar's latest state), or ''."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 4096))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in tail.replace("\r", "\n").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def epochs_share(member: plan.Member) -> float:
+    """Share of the member's epochs done (train.json), 0 before its first epoch."""
+    try:
+        train = runfolder.read_json(runfolder.path(member.run_dir, runfolder.TRAIN))
+        return min(1.0, train["epochs_done"] / max(1, train["epochs_planned"]))
+    except (UserError, KeyError, TypeError):
+        return 0.0
+
+
+def duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class LiveView:
+    """On a terminal, a block redrawn every second: one line per running member, then the plan's
+    progress. Elsewhere (a log file, CI), the events and, every minute, the same block as lines."""
+
+    def __init__(self, the_plan: plan.Plan, total: int, jobs: int, threads: int):
+        self.plan, self.total, self.start = the_plan, total, time.monotonic()
+        self.tty = sys.stdout.isatty()
+        self.drawn, self.last_draw = 0, 0.0
+        print(f"{the_plan.name}: {total} member(s) to run, {jobs} at once, {threads} CPU thread(s) each; "
+              f"logs: <run folder>/{runfolder.LOG}", flush=True)
+
+    def progress(self, running: list, left: int, finished: int) -> str:
+        share = (finished + sum(epochs_share(m) for m in running)) / max(1, self.total)
+        elapsed = time.monotonic() - self.start
+        eta = duration(elapsed * (1 - share) / share) if share > 0 else "?"
+        return (f"{self.plan.name}: {finished} done, {len(running)} running, {left} left | "
+                f"{duration(elapsed)} elapsed | ETA {eta}")
+
+    def draw(self, running: list, left: int, finished: int) -> None:
+        now = time.monotonic()
+        if now - self.last_draw < (TTY_REFRESH_S if self.tty else LOG_REFRESH_S):
+            return
+        self.last_draw = now
+        width = os.get_terminal_size().columns if self.tty else 160
+        lines = [f"  {m.id}: {last_line(runfolder.path(m.run_dir, runfolder.LOG))}"[:width - 1] for m in running]
+        lines.append(self.progress(running, left, finished)[:width - 1])
+        self._erase()
+        print("\n".join(lines), flush=True)
+        self.drawn = len(lines) if self.tty else 0
+
+    def event(self, text: str) -> None:
+        self._erase()
+        print(text, flush=True)
+        if self.tty:
+            self.last_draw = 0.0  # redraw the block under it at once
+
+    def _erase(self) -> None:
+        if self.drawn:
+            sys.stdout.write(f"\x1b[{self.drawn}F\x1b[J")
+            self.drawn = 0
+
+    def close(self) -> None:
+        self._erase()

@@ -1,0 +1,101 @@
+"""--launcher slurm: a plan's unfinished members as one Slurm job array, through submitit.
+
+submitit writes the sbatch script (one array task per member, `%` limit from
+--slurm-parallel), pickles the call and, on a time-out warning (SIGUSR2, 90 s before the
+limit), checkpoints and requeues the task. Each task runs one member under its lock
+(common.member). On SIGTERM (preemption, `scancel --signal=TERM`) or SIGUSR2 the member stops
+cleanly (last.pth whole, train.json interrupted) and its task is put back in the queue;
+the task that runs next resumes it from last.pth. Submitting a plan again submits only the
+members that are neither complete nor running.
+
+On a real cluster: the repo, the data folder and the output folder must be on a filesystem
+every node sees (the same paths); pick the partition with --slurm-partition and GPUs with
+--slurm-gpus; each task's torch threads are its --slurm-cpus.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+
+from common import REPO_ROOT, plan
+from common.errors import UserError, first_line
+from common.stopping import STOP_SIGNALS, Stopped, stop_on_signals
+
+try:
+    from submitit.helpers import Checkpointable
+except ImportError:  # submit() says how to install it
+    Checkpointable = object
+
+
+class SlurmMember(Checkpointable):
+    """What one array task runs: a member, then (when stopped) a requeue through submitit."""
+
+    def __call__(self, plan_dir: str, member_id: str) -> str:
+        from common.member import run_member
+
+        submitit_requeue = signal.getsignal(signal.SIGUSR2)  # submitit's checkpoint-and-requeue handler
+        stop_on_signals(STOP_SIGNALS + (signal.SIGUSR2,))
+        try:
+            return run_member(plan_dir, member_id, when_stopped="; back in the queue")
+        except Stopped:
+            requeue(submitit_requeue)
+            raise
+
+
+def requeue(submitit_requeue) -> None:
+    """Put this task back in the queue (submitit: scontrol requeue) and exit; a task that Slurm is
+    requeueing already (scontrol requeue, preemption) makes scontrol fail, which is fine."""
+    if not callable(submitit_requeue):
+        job = f"{os.environ.get('SLURM_ARRAY_JOB_ID')}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
+        subprocess.run(["scontrol", "requeue", job], check=False, timeout=60)
+        sys.exit(-1)
+    try:
+        submitit_requeue(signal.SIGUSR2, None)  # checkpoints, requeues, exits
+    except subprocess.CalledProcessError:
+        sys.exit(-1)
+
+
+def submit(the_plan: plan.Plan, settings: dict, script: str) -> list:
+    """Submit the members left; print the job id and the commands to watch, resume and compare."""
+    try:
+        import submitit
+    except ImportError:
+        raise UserError("--launcher slurm needs submitit: pip install submitit") from None
+    if shutil.which("sbatch") is None:
+        raise UserError("--launcher slurm: no sbatch on PATH; run the command on a Slurm login node")
+    todo = [m for m in the_plan.members if plan.member_status(m) not in ("completed", "running")]
+    if not todo:
+        print(f"{the_plan.name}: nothing left to submit (every member is complete or running)")
+        return []
+    executor = submitit.AutoExecutor(folder=os.path.join(the_plan.folder, "slurm", "%j"), cluster="slurm")
+    executor.update_parameters(**slurm_parameters(the_plan, settings, len(todo)))
+    try:
+        jobs = executor.map_array(SlurmMember(), [the_plan.folder] * len(todo), [m.id for m in todo])
+    except (subprocess.CalledProcessError, OSError, RuntimeError) as e:
+        raise UserError(f"sbatch refused the plan: {first_line(e)}") from None
+    array = jobs[0].job_id.split("_")[0]
+    folder = shlex.quote(the_plan.folder)
+    print(f"submitted {len(todo)} member(s) of {the_plan.name} as Slurm job array {array}\n"
+          f"  watch:   squeue -j {array}   |   python -m common.plan {folder}   |   tail -f {folder}/"
+          f"{shlex.quote(todo[0].id)}/log.txt\n"
+          f"  resume:  python {script} --resume {folder}   (submits only what is left)\n"
+          f"  compare: python -m common.compare {folder}", flush=True)
+    return [m.run_dir for m in todo]
+
+
+def slurm_parameters(the_plan: plan.Plan, settings: dict, tasks: int) -> dict:
+    params = {"name": f"{the_plan.experiment}.{the_plan.name}", "timeout_min": settings["slurm_time"],
+              "cpus_per_task": settings["slurm_cpus"], "tasks_per_node": 1, "nodes": 1,
+              "slurm_array_parallelism": settings["slurm_parallel"] or tasks,
+              # the task imports common/ from this checkout, wherever sbatch starts it
+              "slurm_setup": [f"export PYTHONPATH={shlex.quote(REPO_ROOT)}${{PYTHONPATH:+:$PYTHONPATH}}",
+                              f"export OMP_NUM_THREADS={settings['slurm_cpus']}"]}
+    if settings["slurm_gpus"]:
+        params["gpus_per_node"] = settings["slurm_gpus"]
+    if settings["slurm_partition"]:
+        params["slurm_partition"] = settings["slurm_partition"]
+    return params

@@ -1,0 +1,222 @@
+"""Plans: a sweep (or a plain multi-run command) killed at any point finishes with one command and
+the metrics of an uninterrupted plan; one process per run folder; local --jobs; Slurm preemption."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO, run_metrics, run_script
+
+SWEEP = ["--smoke", "--dataset", "cifar10", "--sweep", "lr=0.001,0.003", "--epochs", "3", "--batch-size", "16",
+         "--save-every", "0"]
+
+
+def _popen(*args, env=None):
+    return subprocess.Popen([sys.executable, "-u", os.path.join(REPO, "ex_1.py"), *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, **(env or {})))
+
+
+def _wait_for(proc, *markers, timeout=180):
+    """Read the process's output until every marker has been seen, in order; the lines read."""
+    seen, deadline, lines = 0, time.time() + timeout, []
+    for line in proc.stdout:
+        lines.append(line)
+        if markers[seen] in line:
+            seen += 1
+            if seen == len(markers):
+                return lines
+        if time.time() > deadline:
+            break
+    pytest.fail(f"never saw {markers[seen]!r}: {''.join(lines)[-2000:]}")
+
+
+def _members(plan_dir):
+    plan = json.load(open(os.path.join(plan_dir, "sweep.json")))
+    return {m["id"]: os.path.join(plan_dir, m["run_dir"]) for m in plan["members"]}
+
+
+@pytest.fixture(scope="module")
+def straight_sweep(smoke_data, tmp_path_factory):
+    """The 2-member sweep, uninterrupted: what every interrupted one must end with."""
+    out = str(tmp_path_factory.mktemp("straight_sweep"))
+    result = run_script("ex_1.py", *SWEEP, "--name", "lr", "--data-dir", smoke_data, "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return {member: run_metrics(run_dir) for member, run_dir in _members(os.path.join(out, "sweeps", "lr")).items()}
+
+
+def test_a_sweep_is_a_plan_with_members_named_by_what_differs(straight_sweep):
+    assert sorted(straight_sweep) == ["cifar_10/lr=0.001,seed=0", "cifar_10/lr=0.003,seed=0"]
+    assert straight_sweep["cifar_10/lr=0.001,seed=0"] != straight_sweep["cifar_10/lr=0.003,seed=0"]
+
+
+def test_a_sweep_killed_mid_plan_resumes_every_member_to_the_uninterrupted_metrics(straight_sweep, smoke_data,
+                                                                                  tmp_path):
+    out = str(tmp_path)
+    proc = _popen(*SWEEP, "--name", "lr", "--data-dir", smoke_data, "--out", out)
+    _wait_for(proc, "done:", "epoch   1/3")  # member 1 complete, member 2 inside its epoch 2
+    proc.kill()
+    proc.wait(timeout=30)
+    plan_dir = os.path.join(out, "sweeps", "lr")
+    first = _members(plan_dir)["cifar_10/lr=0.001,seed=0"]
+    finished_at = os.stat(os.path.join(first, "test.json")).st_mtime_ns
+    result = run_script("ex_1.py", "--resume", plan_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "cifar_10/lr=0.001,seed=0: completed (skipped)" in result.stdout
+    assert "resuming" in result.stdout and "from last.pth, epoch 1" in result.stdout
+    assert os.stat(os.path.join(first, "test.json")).st_mtime_ns == finished_at  # not trained again
+    assert {m: run_metrics(d) for m, d in _members(plan_dir).items()} == straight_sweep
+    plan = json.load(open(os.path.join(plan_dir, "sweep.json")))
+    assert [m["status"] for m in plan["members"]] == ["completed", "completed"]
+
+
+def test_the_same_command_with_the_same_name_continues_and_another_plan_with_it_is_refused(straight_sweep,
+                                                                                          smoke_data, tmp_path):
+    out = str(tmp_path)
+    proc = _popen(*SWEEP, "--name", "lr", "--data-dir", smoke_data, "--out", out)
+    _wait_for(proc, "epoch   1/3")
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130
+    plan_dir = os.path.join(out, "sweeps", "lr")
+    assert f"--resume {plan_dir}" in output and "Traceback" not in output
+    result = run_script("ex_1.py", *SWEEP, "--name", "lr", "--data-dir", smoke_data, "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert {m: run_metrics(d) for m, d in _members(plan_dir).items()} == straight_sweep
+    other = run_script("ex_1.py", *SWEEP[:-4], "--epochs", "2", "--name", "lr", "--data-dir", smoke_data,
+                       "--out", out, timeout=60)
+    assert other.returncode == 1 and "holds another plan named 'lr'" in other.stderr
+
+
+def test_python_ex_1_smoke_stopped_during_cifar10_finishes_both_datasets_with_one_command(ex1_smoke_runs,
+                                                                                         smoke_data, tmp_path):
+    reference_out, _ = ex1_smoke_runs
+    out = str(tmp_path)
+    proc = _popen("--smoke", "--data-dir", smoke_data, "--out", out)
+    _wait_for(proc, "epoch   1/2")
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 143
+    (plan_name,) = os.listdir(os.path.join(out, "sweeps"))
+    plan_dir = os.path.join(out, "sweeps", plan_name)
+    assert f"python {os.path.relpath(os.path.join(REPO, 'ex_1.py'), REPO)} --resume {plan_dir}" in output
+    assert not os.path.exists(os.path.join(out, "cifar_100", plan_name, "config.json"))  # never started
+    result = run_script("ex_1.py", "--resume", plan_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for folder in ("cifar_10", "cifar_100"):
+        (reference,) = os.listdir(reference_out / folder)
+        assert run_metrics(os.path.join(out, folder, plan_name)) == run_metrics(reference_out / folder / reference)
+
+
+def test_a_second_process_on_a_run_folder_is_refused_naming_the_holder_and_changes_nothing(smoke_data, tmp_path):
+    out = str(tmp_path)
+    proc = _popen("--smoke", "--dataset", "cifar10", "--epochs", "40", "--save-every", "0", "--data-dir", smoke_data,
+                  "--out", out)
+    try:
+        lines = _wait_for(proc, "epoch   1/40")
+        run_dir = [line.split("run folder: ")[1].strip() for line in lines if "run folder: " in line][0]
+        record = open(os.path.join(run_dir, "config.json")).read()
+        second = run_script("ex_1.py", "--resume", run_dir, timeout=60)
+        assert second.returncode == 1
+        (line,) = [x for x in second.stderr.splitlines() if x.strip()]
+        assert line.startswith("error:") and f"PID {proc.pid}" in line and "being trained by" in line
+        assert open(os.path.join(run_dir, "config.json")).read() == record  # no resume recorded
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    # the holder was killed: its lock is gone with it, and --resume takes the folder over
+    stale = open(os.path.join(run_dir, ".lock")).read()
+    assert f"PID {proc.pid}" in stale
+    result = run_script("ex_1.py", "--resume", run_dir, "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"PID {proc.pid}" not in open(os.path.join(run_dir, ".lock")).read()
+
+
+def test_parallel_jobs_write_logs_show_live_progress_and_stop_cleanly_when_the_launcher_dies(smoke_data, tmp_path):
+    out = str(tmp_path)
+    proc = _popen(*SWEEP, "--name", "lr", "--jobs", "2", "--data-dir", smoke_data, "--out", out)
+    lines = _wait_for(proc, "started cifar_10/lr=0.001,seed=0", "started cifar_10/lr=0.003,seed=0")
+    assert "2 at once, 1 CPU thread(s) each" in "".join(lines)
+    plan_dir = os.path.join(out, "sweeps", "lr")
+    logs = [os.path.join(d, "log.txt") for d in _members(plan_dir).values()]
+    deadline = time.time() + 120
+    while not all(os.path.exists(p) and "epoch   1/3" in open(p).read() for p in logs) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.kill()  # the launcher dies; each member gets SIGTERM from the kernel and stops cleanly
+    proc.wait(timeout=30)
+    deadline = time.time() + 60
+    statuses = []
+    while time.time() < deadline:
+        statuses = [json.load(open(os.path.join(d, "train.json")))["status"] for d in _members(plan_dir).values()]
+        if all(s != "running" for s in statuses):
+            break
+        time.sleep(0.2)
+    assert statuses == ["interrupted", "interrupted"]
+    result = run_script("ex_1.py", "--resume", plan_dir)  # the plan remembers --jobs 2
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2 at once" in result.stdout and "done cifar_10/lr=0.003,seed=0: test accuracy" in result.stdout
+    for log in logs:
+        assert "resuming" in open(log).read()
+    # the members ran with 1 thread each (as --jobs 2 on 2 cores): compare only what ran side by side
+    threads = [json.load(open(os.path.join(d, "config.json")))["environment"]["torch_threads"]
+               for d in _members(plan_dir).values()]
+    assert threads == [max(1, (os.cpu_count() or 1) // 2)] * 2
+
+
+def _slurm_ready() -> str | None:
+    """None when a Slurm cluster answers here; the reason to skip when Slurm is not installed."""
+    if shutil.which("sbatch") is None:
+        return "Slurm is not installed on this machine (no sbatch); .ci/run installs and starts it"
+    result = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and result.stdout.strip(), \
+        f"Slurm is installed but its cluster does not answer: {result.stderr} (start it: tests/slurm/start_cluster.sh)"
+    return None
+
+
+def _squeue(job: str) -> list:
+    result = subprocess.run(["squeue", "-h", "-j", job, "-o", "%i %T"], capture_output=True, text=True, timeout=30)
+    return [line.split() for line in result.stdout.splitlines() if line.strip()]
+
+
+def test_a_sweep_on_slurm_with_a_task_preempted_completes_with_the_local_runs_metrics(smoke_data, tmp_path):
+    reason = _slurm_ready()
+    if reason:
+        pytest.skip(reason)
+    sweep = ["--smoke", "--dataset", "cifar10", "--sweep", "lr=0.001,0.003", "--seeds", "0,1", "--epochs", "6",
+             "--batch-size", "16", "--save-every", "0", "--name", "lr", "--data-dir", smoke_data]
+    local = run_script("ex_1.py", *sweep, "--jobs", "2", "--out", str(tmp_path / "local"), timeout=600)
+    assert local.returncode == 0, local.stderr[-2000:]
+    submitted = run_script("ex_1.py", *sweep, "--launcher", "slurm", "--slurm-cpus", "1", "--slurm-time", "10",
+                           "--out", str(tmp_path / "slurm"), timeout=120)
+    assert submitted.returncode == 0, submitted.stderr[-2000:]
+    job = submitted.stdout.split("as Slurm job array ")[1].split()[0]
+    plan_dir = str(tmp_path / "slurm" / "sweeps" / "lr")
+    victim = _members(plan_dir)["cifar_10/lr=0.003,seed=1"]
+    deadline = time.time() + 180
+    while not (os.path.exists(os.path.join(victim, "log.txt")) and "epoch   2/6" in open(os.path.join(victim, "log.txt")).read()):
+        assert time.time() < deadline, "the task never trained"
+        time.sleep(0.2)
+    task = f"{job}_3"  # members are submitted in plan order
+    subprocess.run(["scancel", "--signal=TERM", task], check=True, timeout=30)
+    deadline = time.time() + 120
+    while not any(t == task and state == "PENDING" for t, state in _squeue(job)):  # stopped and requeued
+        assert time.time() < deadline, f"task {task} was not requeued: {_squeue(job)}"
+        time.sleep(0.5)
+    # Slurm holds a requeued task for two minutes; a test need not wait that out
+    subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], check=True, timeout=30)
+    deadline = time.time() + 300
+    while _squeue(job):
+        assert time.time() < deadline, f"the array did not finish: {_squeue(job)}"
+        time.sleep(1)
+    log = open(os.path.join(victim, "log.txt")).read()
+    assert "stopped by SIGTERM; back in the queue" in log and "resuming" in log and "from last.pth, epoch" in log
+    local_members = _members(str(tmp_path / "local" / "sweeps" / "lr"))
+    assert {m: run_metrics(d) for m, d in _members(plan_dir).items()} == \
+        {m: run_metrics(d) for m, d in local_members.items()}
+    again = run_script("ex_1.py", "--resume", plan_dir, "--launcher", "slurm", timeout=120)
+    assert again.returncode == 0 and "nothing left to submit" in again.stdout
