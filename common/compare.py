@@ -37,13 +37,17 @@ if __name__ == "__main__":  # python path/to/common/compare.py from any folder
 
 from common import REPO_ROOT, runfolder, stats  # noqa: E402
 from common.config import Options, Recipe, knobs, recipe_key_fields, to_dict  # noqa: E402
-from common.errors import UserError, first_line  # noqa: E402
+from common.errors import UserError, first_line, os_reason  # noqa: E402
 from common.models import MODELS  # noqa: E402
 from common.reference import REPORT  # noqa: E402
 
 DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
-README_MARKERS = {"compare": ("<!-- compare:start -->", "<!-- compare:end -->"),
-                  "results": ("<!-- results:start -->", "<!-- results:end -->")}
+BLOCK_NAME = r"[a-z0-9][a-z0-9_-]{0,40}"
+
+
+def markers(block: str) -> tuple:
+    """The pair of lines in a README between which --readme writes the block."""
+    return f"<!-- {block}:start -->", f"<!-- {block}:end -->"
 METRICS = ("val_accuracy", "test_accuracy", "f1", "auc", "auc_hard_labels", "best_epoch", "train_time_s",
            "test_time_s")
 
@@ -397,23 +401,35 @@ def markdown(rows: list, runs: list) -> str:
 
 
 def reference_table(rows: list) -> str:
-    """README's results: each script's full recipe beside the report's figure, per dataset."""
-    lines = ["| experiment | dataset | ours: test acc, mean ± std (n) | 95% CI | report | report inside our 95% "
-             "prediction interval? | ours: AUC, hard labels | report's AUC |", "|" + "---|" * 8]
+    """README's results: each script's own recipe (on real data) beside the report's figure, per cell."""
+    lines = ["| experiment | dataset | n (seeds) | test acc, mean ± std | 95% CI of the mean | report | report inside our "
+             "95% prediction interval? | AUC (hard labels), mean ± std | report's AUC |", "|" + "---|" * 9]
+    measured = {}
     for row in rows:
-        if row.changes or row.record.experiment not in REPORT or row.record.options.smoke:
-            continue
-        report = REPORT[row.record.experiment][row.record.dataset]
-        accs = row.values("test_accuracy")
-        ci, pi = stats.mean_ci(accs), stats.prediction_interval(accs)
-        spread = f" ± {statistics.stdev(accs):.4f}" if len(accs) > 1 else ""
-        inside = "—" if pi.low is None else ("yes" if pi.low <= report["accuracy"] <= pi.high else "no") + \
-            f" [{pi.low:.4f}, {pi.high:.4f}]"
-        lines.append(f"| {row.record.experiment} | {DATASET_LABELS[row.record.dataset]} | {ci.mean:.4f}{spread} "
-                     f"({len(accs)}) | {'—' if ci.low is None else f'[{ci.low:.4f}, {ci.high:.4f}]'} "
-                     f"| {report['accuracy']:.4f} | {inside} | {_ci(summarize_row(row).get('auc_hard_labels'))} "
-                     f"| {report['auc']:.4f} |")
+        record = row.record
+        if record.script_recipe is not None and not row.changes and not record.options.smoke:
+            measured.setdefault((record.experiment, record.dataset), row)
+    for experiment, cells in REPORT.items():
+        for dataset, report in cells.items():
+            row = measured.get((experiment, dataset))
+            head = f"| {experiment} | {DATASET_LABELS[dataset]} |"
+            if row is None:
+                lines.append(f"{head} 0 | not measured | — | {report['accuracy']:.4f} | — | — | {report['auc']:.4f} |")
+                continue
+            accs, hard = row.values("test_accuracy"), row.values("auc_hard_labels")
+            ci, pi = stats.mean_ci(accs), stats.prediction_interval(accs)
+            inside = "—" if pi.low is None else \
+                f"{'yes' if pi.low <= report['accuracy'] <= pi.high else 'no'} [{pi.low:.4f}, {pi.high:.4f}]"
+            lines.append(f"{head} {len(accs)} ({','.join(str(r.record.options.seed) for r in row.runs)}) "
+                         f"| {_mean_std(accs)} | {'—' if ci.low is None else f'[{ci.low:.4f}, {ci.high:.4f}]'} "
+                         f"| {report['accuracy']:.4f} | {inside} | {_mean_std(hard)} | {report['auc']:.4f} |")
     return "\n".join(lines) + "\n"
+
+
+def _mean_std(values: list) -> str:
+    if not values:
+        return "—"
+    return f"{statistics.fmean(values):.4f}" + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
 
 
 def display_path(path: str) -> str:
@@ -462,15 +478,19 @@ def write_figures(rows: list, figure: str | None, paths: list) -> list:
     from common import plots
 
     folder = default_figure_folder(paths) if figure is None else os.path.dirname(os.path.abspath(figure))
+    stem = "compare" if figure is None else os.path.splitext(os.path.basename(figure))[0]
     targets = {"val": figure or os.path.join(folder, "compare_val_accuracy.png")}
-    for name in swept_fields(rows):
-        targets[name] = os.path.join(folder, f"compare_{name}.png")
+    for name in swept_fields(rows):  # compare_lr.png, or beside --figure F.png: F_lr.png
+        targets[name] = os.path.join(folder, f"{stem}_{name}.png")
     written = []
     for what, target in targets.items():
         if (figure is None or what != "val") and is_tracked(target):
             print(f"figure not written: {target} is tracked by git; name it with --figure to rewrite it")
             continue
-        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot write the figure {target}: {os_reason(e)}") from None
         if what == "val":
             plots.plot_val_curves(val_curve_series(rows), target)
         else:
@@ -499,8 +519,8 @@ def is_tracked(path: str) -> bool:
 
 # --- files named on the command line --------------------------------------------------------------
 
-def update_readme(readme: str, blocks: dict) -> None:
-    """Replace the text between each block's markers (README_MARKERS); both markers must be there, in order."""
+def update_readme(readme: str, block: str, text: str) -> None:
+    """Replace the text between the block's markers; both must be there, in order."""
     from common.files import write_bytes
 
     try:
@@ -508,15 +528,11 @@ def update_readme(readme: str, blocks: dict) -> None:
             content = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"--readme {readme}: cannot read it ({type(e).__name__}: {first_line(e)})") from None
-    for name, text in blocks.items():
-        start, end = README_MARKERS[name]
-        if name == "results" and start not in content:
-            continue  # an optional block
-        i, j = content.find(start), content.find(end)
-        if i < 0 or j < 0 or j < i:
-            raise UserError(f"--readme {readme}: needs the markers {start} and then {end}")
-        content = content[:i] + f"{start}\n{text}{end}" + content[j + len(end):]
-    write_bytes(readme, content.encode())
+    start, end = markers(block)
+    i, j = content.find(start), content.find(end)
+    if i < 0 or j < 0 or j < i:
+        raise UserError(f"--readme {readme}: needs the markers {start} and then {end}")
+    write_bytes(readme, (content[:i] + f"{start}\n{text}{end}" + content[j + len(end):]).encode())
 
 
 def write_json_summary(path: str, rows: list, runs: list) -> None:
@@ -530,6 +546,12 @@ def default_paths() -> list:
                   if os.path.isdir(d) and re.fullmatch(r"ex_\d+", os.path.basename(d)))
 
 
+def block_name(text: str) -> str:
+    if not re.fullmatch(BLOCK_NAME, text):
+        raise argparse.ArgumentTypeError(f"a block name is lowercase letters, digits, - and _, got {text!r}")
+    return text
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", nargs="*", help="folders holding run folders at any depth (default: your own runs, "
@@ -537,11 +559,15 @@ def main(argv=None) -> None:
     p.add_argument("--baseline", type=parse_baseline, metavar="FIELD=VALUE",
                    help="the row each difference is measured from, e.g. lr=0.001 (default: the row nearest the "
                         "script's own recipe)")
-    p.add_argument("--figure", help="where to write the validation-accuracy figure (default: "
-                                    "compare_val_accuracy.png beside the compared folders; per swept field also "
-                                    "compare_FIELD.png there)")
+    p.add_argument("--figure", help="where to write the validation-accuracy figure, F.png (default: "
+                                    "compare_val_accuracy.png beside the compared folders); per swept field also "
+                                    "F_FIELD.png beside it (default: compare_FIELD.png)")
     p.add_argument("--json", help="also write the table as JSON (numbers as numbers, each row's run folders)")
-    p.add_argument("--readme", help="replace the tables between the compare (and results) markers in this file")
+    p.add_argument("--readme", help="replace the text between a block's markers in this file (see --block)")
+    p.add_argument("--block", default="compare", type=block_name,
+                   help="which block --readme fills, between <!-- NAME:start --> and <!-- NAME:end -->: 'results' "
+                        "gets each script's own recipe beside the report's figures, any other name this table "
+                        "(default: compare)")
     args = p.parse_args(argv)
     paths = args.folders or default_paths()
     if not paths:
@@ -568,7 +594,7 @@ def report(paths: list, args) -> None:
         for written in write_figures(rows, args.figure, paths):
             print(f"figure: {written}")
     if args.readme:
-        update_readme(args.readme, {"compare": text, "results": reference_table(rows)})
+        update_readme(args.readme, args.block, reference_table(rows) if args.block == "results" else text)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,11 @@ def number(kind: type, minimum: float, maximum: float, inclusive: bool = True) -
     return check
 
 
+def optional(rule: Callable) -> Callable:
+    """The rule, or None (not set)."""
+    return lambda value: None if value is None else rule(value)
+
+
 def choice(options) -> Callable:
     """One of `options` (a registry's keys, or a tuple)."""
     def check(value):
@@ -101,13 +106,13 @@ class Knob:
     rule: Callable                 # value -> value, or ValueError with the reason
     parse: Callable                # command-line text -> value (before the rule)
     unit: str = ""
-    show: str | tuple = "{name} {value}"  # the header's words: a template, or (word if true, word if false)
+    show: object = "{name} {value}"  # the header's words: a template, a function of the value, or (if true, if false)
     changes_results: bool = True    # Options only: whether it can change the numbers (compare's key)
     when: tuple | None = None       # Recipe only: (predicate on the recipe, the words for it); None: all recipes
     repeat: bool = False            # the flag may be given several times; the value is the tuple of them
 
 
-def knob(default, help: str, rule: Callable, unit: str = "", show: str | tuple = "{name} {value}",
+def knob(default, help: str, rule: Callable, unit: str = "", show: object = "{name} {value}",
          changes_results: bool = True, parse: Callable | None = None, when: tuple | None = None,
          repeat: bool = False):
     """A declared field: `parse` defaults to the default's type (tuples: comma-separated)."""
@@ -130,7 +135,7 @@ class Recipe:
     pretrained: bool = knob(False, "start from the model's ImageNet weights (downloaded once)", of_type(bool),
                             show=("pretrained", "from scratch"),
                             when=(lambda r: MODELS[r.model].weights is not None, "models with pretrained weights"))
-    epochs: int = knob(50, "training epochs", _positive(), "epochs", "{value} epochs")
+    epochs: int = knob(50, "training epochs", _positive(), "epochs", lambda v: f"{v} epoch{'s' * (v != 1)}")
     batch_size: int = knob(128, "training images per optimizer step, over all processes", _positive(),
                            "images", "batch {value}")
     optimizer: str = knob("adam", "optimizer, by name (common/optimizers.py)", choice(OPTIMIZERS), show="{value}")
@@ -140,7 +145,8 @@ class Recipe:
     scheduler: str = knob("none", "learning-rate schedule, by name (common/schedules.py)", choice(SCHEDULES),
                           show="schedule {value}")
     warmup_epochs: int = knob(0, "linear warm-up from 0.1 to 1 of the peak lr, per step, before the schedule "
-                                 "(none, cosine, step)", number(int, 0, 10**9), "epochs", "{value} warm-up epochs",
+                                 "(none, cosine, step)", number(int, 0, 10**9), "epochs",
+                              lambda v: f"{v} warm-up epoch{'s' * (v != 1)}",
                               when=(lambda r: SCHEDULES[r.scheduler].allows_warmup, "--scheduler none, cosine or step"))
     step_milestones: tuple = knob((0.5, 0.75), "--scheduler step: where the lr drops, as shares of the epochs "
                                                "after warm-up", numbers(float, 0, 1), "shares",
@@ -168,6 +174,10 @@ class Recipe:
                                "validation {value:g}")
     split_seed: int = knob(0, "seed of the stratified train/validation split (fixed across --seed)",
                            number(int, 0, 2**32 - 1), show="split seed {value}")
+    train_subset: int | None = knob(None, "train on a stratified subset of this many images of the training split "
+                                          "(validation and test unchanged): a real-data check in a minute",
+                                    optional(number(int, 2, TRAIN_IMAGES)), "images", "train subset {value}",
+                                    parse=int)
 
 
 @dataclass(frozen=True)
@@ -306,10 +316,12 @@ def header_words(recipe: Recipe) -> list:
     words = []
     for name, (k, _) in knobs(Recipe).items():
         value = getattr(recipe, name)
-        if not applies(k, recipe):
+        if value is None or not applies(k, recipe):
             continue
         if isinstance(k.show, tuple):  # a boolean's two words
             words.append(k.show[0] if value else k.show[1])
+        elif callable(k.show):
+            words.append(k.show(value))
         else:
             shown = ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else value
             words.append(k.show.format(name=name.replace("_", " "), value=shown))

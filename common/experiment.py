@@ -22,9 +22,11 @@ import torch
 from common import REPO_ROOT, distributed, plots, runfolder, schedules
 from common.augment import Preprocess
 from common.config import SMOKE_SIZES, Options, Recipe, header_words, knobs, resolved_recipe, to_dict
-from common.data import SPECS, CifarData, fingerprint, load_cifar, make_synthetic, stratified_split
+from common.data import (SPECS, CifarData, fingerprint, load_cifar, make_synthetic, stratified_split,
+                         stratified_subset)
 from common.devices import amp_dtype, describe, memory_format, select_device, use_channels_last
 from common.errors import UserError, first_line
+from common.files import remove_stale_temp_files
 from common.metrics import classification_metrics
 from common.models import MODELS, build_model, count_parameters
 from common.torchfiles import load_state
@@ -74,14 +76,14 @@ def run(experiment: str, recipe: Recipe, options: Options, dataset: str, run_dir
     recipe = resolved_recipe(recipe)  # the model's normalization where the recipe leaves it open
     session = prepare(experiment, recipe, options, dataset)
     if not distributed.is_main():
-        return _fit_and_test(session, distributed.broadcast(None), resumed=None)
+        return _fit_and_test(session, distributed.broadcast(None))
     if run_dir:
         os.makedirs(run_dir, exist_ok=True)
     folder = run_dir or runfolder.create(os.path.join(options.out, runfolder.DATASET_FOLDERS[dataset]))
     with runfolder.locked(folder):
         runfolder.claim(folder)
         _write_new_run(session, folder, resolved_recipe(script_recipe or recipe))
-        return _fit_and_test(session, distributed.broadcast(folder), resumed=None)
+        return _fit_and_test(session, distributed.broadcast(folder))
 
 
 def resume(run_dir: str, device: str | None = None, experiment: str | None = None) -> str:
@@ -105,30 +107,28 @@ def resume(run_dir: str, device: str | None = None, experiment: str | None = Non
             runfolder.restore_state(run_dir, checkpoint, session.state, record.recipe.lr)
         if distributed.is_main():
             runfolder.claim(run_dir)
-            _clear_leftovers(run_dir)
+            remove_stale_temp_files(run_dir)  # of writes cut short by a SIGKILL
             runfolder.record_resume(run_dir, record.raw, session.state.saved_epochs, REPO_ROOT)
         print(f"resuming {run_dir} from {'last.pth, epoch ' + str(session.state.saved_epochs) if checkpoint else 'the start'}"
               f" ({record.recipe.epochs} epochs planned)", flush=True)
         if record.defaulted:
             print(f"  {runfolder.CONFIG} lacks {', '.join(record.defaulted)} (written by an older version): "
                   f"read with their defaults", flush=True)
-        return _fit_and_test(session, run_dir, resumed=record)
-
-
-def _clear_leftovers(run_dir: str) -> None:
-    from common.files import remove_stale_temp_files
-
-    remove_stale_temp_files(run_dir)  # temp files of writes cut short by a SIGKILL
+        return _fit_and_test(session, run_dir)
 
 
 def prepare(experiment: str, recipe: Recipe, options: Options, dataset: str, record=None) -> Session:
     """Data, split, device, model, optimizer and preprocessing, in this order (the seed sets the model)."""
     data = load_data(recipe, options, dataset)
-    if record is not None and record.data_sha256 and fingerprint(SPECS[dataset], options.data_dir) != record.data_sha256:
-        raise UserError(f"the data in {options.data_dir} changed since this run started (its test file's sha256 "
-                        f"was {record.data_sha256[:12]}..., now {fingerprint(SPECS[dataset], options.data_dir)[:12]}...)"
-                        f": resume it on the data it started on, or start a new run")
+    if record is not None and record.data_sha256:
+        now = fingerprint(SPECS[dataset], options.data_dir)
+        if now != record.data_sha256:
+            raise UserError(f"the data in {options.data_dir} changed since this run started (its test file's sha256 "
+                            f"was {record.data_sha256[:12]}..., now {now[:12]}...): resume it on the data it "
+                            f"started on, or start a new run")
     train_idx, val_idx = stratified_split(data.train_y, recipe.val_fraction, recipe.split_seed)
+    if recipe.train_subset:  # validation and test stay as they are
+        train_idx = stratified_subset(train_idx, data.train_y, recipe.train_subset, recipe.split_seed)
     per_process = recipe.batch_size // distributed.world_size()
     if recipe.batch_size % distributed.world_size() or per_process < 2:
         raise UserError(f"--batch-size {recipe.batch_size} does not split into {distributed.world_size()} equal "
@@ -188,7 +188,7 @@ def _save(s: Session, run_dir: str, improved: bool) -> None:
     runfolder.save_state(run_dir, s.state, s.experiment, s.dataset, config, s.options.save_every, improved)
 
 
-def _fit_and_test(s: Session, run_dir: str, resumed) -> str:
+def _fit_and_test(s: Session, run_dir: str) -> str:
     """The epoch loop, then the test of best.pth; a stop or failure is recorded in train.json first."""
     writer = tensorboard_writer(run_dir) if s.options.tensorboard and distributed.is_main() else None
     print_header(s, run_dir)

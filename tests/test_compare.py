@@ -71,7 +71,7 @@ def test_compare_table_matches_the_run_folders(seeded_runs, tmp_path):
 
     figure = tmp_path / "val.png"
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{compare.README_MARKERS['compare'][0]}\nold\n{compare.README_MARKERS['compare'][1]}"
+    readme.write_text(f"intro\n{compare.markers('compare')[0]}\nold\n{compare.markers('compare')[1]}"
                       f"\nafter\n")
     compare.main([str(seeded_runs / "ex_1"), str(seeded_runs / "ex_2"), "--figure", str(figure),
                   "--readme", str(readme)])

@@ -353,3 +353,10 @@ def test_run_folder_files_get_the_users_umask(smoke_data, tmp_path):
     run_dir = _only_run(str(out))
     modes = {name: os.stat(os.path.join(run_dir, name)).st_mode & 0o777 for name in os.listdir(run_dir)}
     assert modes and all(mode == 0o664 for mode in modes.values()), modes
+
+
+def test_curves_are_drawn_after_every_epoch_so_an_interrupted_run_shows_them(interrupted_run):
+    train = json.load(open(os.path.join(interrupted_run, "train.json")))
+    assert train["epochs_done"] == 1
+    for png in ("loss.png", "accuracy.png"):
+        assert open(os.path.join(interrupted_run, png), "rb").read(8) == b"\x89PNG\r\n\x1a\n"

@@ -220,3 +220,22 @@ def test_a_sweep_on_slurm_with_a_task_preempted_completes_with_the_local_runs_me
         {m: run_metrics(d) for m, d in local_members.items()}
     again = run_script("ex_1.py", "--resume", plan_dir, "--launcher", "slurm", timeout=120)
     assert again.returncode == 0 and "nothing left to submit" in again.stdout
+
+
+def test_tensorboards_hparams_view_lists_every_member_of_a_sweep(smoke_data, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    result = run_script("ex_1.py", "--smoke", "--dataset", "cifar10", "--sweep", "lr=0.001,0.003", "--epochs", "1",
+                        "--save-every", "0", "--tensorboard", "--name", "tb", "--data-dir", smoke_data,
+                        "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    lrs = {}
+    for member, run_dir in _members(str(tmp_path / "sweeps" / "tb")).items():
+        events = EventAccumulator(run_dir, size_guidance={"tensors": 0})
+        events.Reload()
+        content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+        lrs[member] = hparams["lr"].number_value
+        assert events.Scalars("hparams/test_accuracy")  # the metric beside the recipe
+    assert lrs == {"cifar_10/lr=0.001,seed=0": pytest.approx(0.001), "cifar_10/lr=0.003,seed=0": pytest.approx(0.003)}
