@@ -87,6 +87,8 @@ class Parser(argparse.ArgumentParser):
     thirty flags, argparse's usage summary would bury it."""
 
     def error(self, message: str):
+        if os.environ.get("RANK", "0") != "0":  # under torchrun, one process speaks
+            self.exit(2)
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -190,6 +192,10 @@ def check_combination(error, recipe: Recipe, options: Options, given) -> None:
               f"(at least {entry.min_image_size} px)")
     if recipe.batch_size < 2:
         error("--batch-size must be at least 2: BatchNorm cannot train on one image per step")
+    processes = int(os.environ.get("WORLD_SIZE") or 1)  # torchrun's
+    if recipe.batch_size % processes or recipe.batch_size // processes < 2:
+        error(f"--batch-size {recipe.batch_size} does not split into {processes} equal batches of at least 2 "
+              f"(one per torchrun process)")
     train_images = TRAIN_IMAGES - round(recipe.val_fraction * TRAIN_IMAGES)
     if not options.smoke and recipe.batch_size > train_images:
         error(f"--batch-size {recipe.batch_size} is larger than the {train_images:,}-image training split")

@@ -43,8 +43,8 @@ class TolerantStream:
             pass
         other = sys.stderr if self._name == "stdout" else sys.stdout
         if isinstance(other, TolerantStream) and not other.broken:
-            why = "closed" if e.errno == errno.EPIPE else os_reason(e)
-            other.write(f"warning: standard {'output' if self._name == 'stdout' else 'error'} is {why}: "
+            why = "the pipe was closed (EPIPE)" if e.errno == errno.EPIPE else os_reason(e)
+            other.write(f"warning: standard {'output' if self._name == 'stdout' else 'error'} failed ({why}): "
                         f"training goes on; train.json and test.json say how it went\n")
             other.flush()
 

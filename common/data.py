@@ -81,6 +81,7 @@ _ALLOWED_GLOBALS = {
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
     ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
+    ("__builtin__", "bytes"), ("builtins", "bytes"),  # ... and empty bytes (an empty array's buffer)
 }
 
 
@@ -116,7 +117,7 @@ def _read_split(root: str, files: tuple, spec: DatasetSpec) -> tuple[torch.Tenso
         y = np.asarray(batch[spec.label_key])
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
             raise UserError(f"{path}: 'data' must be uint8 of shape (N, 3072), found {data.dtype} {data.shape}")
-        if y.shape != (data.shape[0],) or not np.issubdtype(y.dtype, np.integer):
+        if y.shape != (data.shape[0],) or (y.size and not np.issubdtype(y.dtype, np.integer)):
             raise UserError(f"{path}: expected {data.shape[0]} integer labels, found {y.dtype} {y.shape}")
         if y.size and (y.min() < 0 or y.max() >= spec.num_classes):
             raise UserError(f"{path}: labels must lie in [0, {spec.num_classes - 1}], "
@@ -234,6 +235,20 @@ def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tu
     n_val = max(n_classes, int(round(val_fraction * len(y))))
     train_idx, val_idx = train_test_split(np.arange(len(y)), test_size=n_val, stratify=y, random_state=seed)
     return torch.from_numpy(np.sort(train_idx)), torch.from_numpy(np.sort(val_idx))
+
+
+def stratified_subset(indices: torch.Tensor, labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    """`size` of `indices` with the class proportions of labels[indices] kept (sorted)."""
+    from sklearn.model_selection import train_test_split
+
+    classes = len(np.unique(labels[indices].numpy()))
+    if not classes <= size <= len(indices):
+        raise UserError(f"--train-subset {size} must lie between the {classes} classes and the {len(indices):,}-image "
+                        f"training split")
+    if size == len(indices):
+        return indices
+    kept, _ = train_test_split(indices.numpy(), train_size=size, stratify=labels[indices].numpy(), random_state=seed)
+    return torch.from_numpy(np.sort(kept))
 
 
 # --- synthetic data in the official formats ----------------------------------------------

@@ -73,6 +73,14 @@ def broadcast(obj):
     return box[0]
 
 
+def peer_failure(e: BaseException) -> bool:
+    """Whether `e` is a collective failing because another process of the job died."""
+    if world_size() <= 1 and not dist.is_initialized():
+        return False
+    return isinstance(e, getattr(dist, "DistError", ())) or any(
+        words in str(e) for words in ("closed by peer", "Connection reset", "NCCL", "gloo"))
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

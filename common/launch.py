@@ -22,7 +22,7 @@ from common.cli import Command, check_combination, resolve
 from common.config import to_dict
 from common.console import guard_console
 from common.devices import request_huge_pages
-from common.errors import UserError
+from common.errors import UserError, first_line
 from common.stopping import stop_on_signals
 
 def main(recipe, description: str, script_file: str, argv: list | None = None) -> list:
@@ -48,6 +48,13 @@ def main(recipe, description: str, script_file: str, argv: list | None = None) -
     except KeyboardInterrupt as e:
         print(stop_message(e, script), file=sys.stderr, flush=True)
         sys.exit(128 + getattr(e, "signum", signal.SIGINT))
+    except RuntimeError as e:
+        if not distributed.peer_failure(e):
+            raise
+        print(f"error: another process of this torchrun job stopped ({first_line(e, 160)}); its run folder keeps "
+              f"the last finished epoch: resume it with torchrun and the same --nproc_per_node", file=sys.stderr,
+              flush=True)
+        sys.exit(1)
     finally:
         distributed.cleanup()
 
