@@ -19,7 +19,6 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -368,8 +367,6 @@ def main(argv=None):
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     env = provenance.environment(device)
-    env["cpu"] = platform.processor() or platform.machine()
-    env["cpu_count"] = os.cpu_count()
     print(f"device: {device} ({env.get('gpu', env['cpu'])}), torch {torch.__version__}, threads {torch.get_num_threads()}")
     results = []
     for name in args.experiments:

@@ -8,6 +8,9 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+# One torch thread per process: pytest runs two workers (pytest.ini), each starting runs of the
+# scripts; runs compared number for number inherit the same thread count. Yours wins if set.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def run_script(script: str, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
