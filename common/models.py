@@ -138,7 +138,7 @@ class ModelEntry:
     label: str
     normalization: tuple  # (mean, std) per channel for inputs in [0, 1], unless the recipe gives its own
     smoke_data: str       # "small" or "tiny": the --smoke data set (common.data.SMOKE_SIZES)
-    cpu_channels_last: bool  # the memory layout measured faster on a CPU (README, Performance)
+    cpu_channels_last: bool  # the memory layout the benchmark found faster on a CPU (docs/performance.md)
     min_image_size: int = 8  # px
     weights: PretrainedWeights | None = None
 

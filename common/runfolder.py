@@ -184,7 +184,7 @@ class RunRecord:
     dataset: str
     recipe: Recipe
     options: Options
-    script_recipe: Recipe | None   # None for runs made before config.json recorded it
+    script_recipe: Recipe | None   # None where config.json lacks it (compare says "recipe not recorded")
     processes: int
     data_sha256: str | None
     environment: dict

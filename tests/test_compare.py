@@ -14,9 +14,9 @@ from tests.conftest import run_script
 
 @pytest.fixture(scope="module")
 def seeded_runs(smoke_data, tmp_path_factory):
-    """Three --smoke seeds of EX-1 and of EX-2 (CIFAR-10, EX-2 for one epoch to keep it short)."""
+    """Three --smoke seeds of EX-1 and of EX-2 (CIFAR-10; EX-2 for one epoch at 32 px to keep it short)."""
     root = tmp_path_factory.mktemp("compare")
-    for script, extra in (("ex_1.py", []), ("ex_2.py", ["--epochs", "1"])):
+    for script, extra in (("ex_1.py", []), ("ex_2.py", ["--epochs", "1", "--image-size", "32"])):  # 32 px: fast
         out = root / script[:-3]
         result = run_script(script, "--smoke", "--dataset", "cifar10", "--seeds", "0,1,2", "--save-every", "0",
                             "--jobs", "2", "--data-dir", smoke_data, "--out", str(out), *extra, timeout=400)
@@ -65,7 +65,7 @@ def test_compare_table_matches_the_run_folders(seeded_runs, tmp_path):
         assert summary["test_accuracy"]["ci95"] == pytest.approx([interval.low, interval.high])
     text = compare.markdown(rows, runs)
     assert "| ex_1 | 2 of 50 epochs; batch size 32 | 3 (0,1,2) |" in text
-    assert "| ex_2 | 1 of 100 epochs; batch size 32 | 3 (0,1,2) |" in text
+    assert "| ex_2 | 1 of 100 epochs; batch size 32; image size 32 | 3 (0,1,2) |" in text
     assert f"· synthetic · CPU {cpu_model()} · torch {torch.__version__} · 1 process" in text
     assert "2000-01-01_00-00-00: interrupted" in text
 

@@ -117,7 +117,9 @@ def test_llm_prompt_lists_every_flag_as_declared_and_names_every_run_folder_file
     prompt = open(os.path.join(REPO, "llm_prompt.md")).read()
     block = prompt[prompt.index(FLAGS_START) + len(FLAGS_START) + 1:prompt.index(FLAGS_END)]
     assert block == flags_markdown(), "regenerate it: python -m common.cli llm_prompt.md"
-    help_flags = set(re.findall(r"(--[a-z][a-z-]+)", run_script("ex_1.py", "--help", timeout=60).stdout)) - {"--help"}
+    help_text = run_script("ex_1.py", "--help", timeout=60).stdout
+    help_flags = {f for pair in re.findall(r"^  (--[a-z][a-z-]+)(?:, (--[a-z][a-z-]+))?", help_text, re.M)
+                  for f in pair if f} - {"--help"}
     assert help_flags and all(f"`{flag}`" in block for flag in help_flags)
     out, _ = ex1_smoke_runs
     files = set(os.listdir(glob.glob(str(out / "cifar_10" / "*"))[0])) | set(os.listdir(tensorboard_run))

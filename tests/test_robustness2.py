@@ -203,7 +203,8 @@ def test_sigterm_while_testing_says_how_to_finish_and_resume_tests_it(smoke_data
 
 def test_a_full_or_closed_console_does_not_stop_the_run(smoke_data, tmp_path):
     with open("/dev/full", "w") as full:
-        result = subprocess.run([sys.executable, os.path.join(REPO, "ex_1.py"), *_quick(smoke_data, tmp_path / "a")],
+        result = subprocess.run([sys.executable, os.path.join(REPO, "ex_1.py"),
+                                 *_quick(smoke_data, tmp_path / "a", "--epochs", "1")],
                                 cwd=REPO, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert [line for line in result.stderr.splitlines() if line.startswith("warning:")] == \
@@ -211,7 +212,8 @@ def test_a_full_or_closed_console_does_not_stop_the_run(smoke_data, tmp_path):
          "test.json say how it went"]
     assert os.path.exists(os.path.join(only_run(str(tmp_path / "a")), "test.json"))
     piped = subprocess.run(f"{sys.executable} {os.path.join(REPO, 'ex_1.py')} "
-                           f"{' '.join(_quick(smoke_data, tmp_path / 'b'))} | head -1; exit ${{PIPESTATUS[0]}}",
+                           f"{' '.join(_quick(smoke_data, tmp_path / 'b', '--epochs', '1'))} | head -1; "
+                           f"exit ${{PIPESTATUS[0]}}",
                            shell=True, executable="/bin/bash", cwd=REPO, capture_output=True, text=True, timeout=300)
     assert piped.returncode == 0 and "Traceback" not in piped.stderr, piped.stderr[-2000:]
     assert json.load(open(os.path.join(only_run(str(tmp_path / "b")), "train.json")))["status"] == "completed"
@@ -219,8 +221,8 @@ def test_a_full_or_closed_console_does_not_stop_the_run(smoke_data, tmp_path):
 
 def test_the_printed_resume_command_works_for_a_path_with_spaces(smoke_data, tmp_path):
     out = tmp_path / "my runs"
-    proc = _start(smoke_data, out, "--epochs", "20")
-    _read_until(proc, "epoch   1/20")
+    proc = _start(smoke_data, out, "--epochs", "3")
+    _read_until(proc, "epoch   1/3")
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     (command,) = [line.strip() for line in stderr.splitlines() if "--resume" in line]
@@ -440,9 +442,31 @@ def test_a_download_time_out_that_is_not_a_finite_number_of_seconds_is_one_line(
 
 # --- compare ----------------------------------------------------------------------------------------------
 
+class _Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
 def _compare(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "common.compare", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
+    """`python -m common.compare ARGS`, in this process (its main() is the command line): quick."""
+    import contextlib
+
+    from common import compare
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                compare.main(list(args))
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+                if not isinstance(e.code, int) and e.code is not None:
+                    err.write(f"{e.code}\n")
+    finally:
+        os.chdir(here)
+    return _Result(code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture
@@ -491,8 +515,8 @@ def test_compare_labels_rows_from_config_json_and_never_drops_a_run_of_another_r
     out, _ = ex1_smoke_runs
     (c100,) = (out / "cifar_100").iterdir()
     shutil.copytree(c100, root / "cifar_10" / "a_cifar100_run")  # a CIFAR-100 run copied under cifar_10/, seed 0
-    ex2 = run_script("ex_2.py", "--smoke", "--dataset", "cifar10", "--epochs", "1", "--save-every", "0",
-                     "--data-dir", smoke_data, "--out", str(tmp_path / "ex2"))
+    ex2 = run_script("ex_2.py", "--smoke", "--dataset", "cifar10", "--epochs", "1", "--image-size", "32",
+                     "--save-every", "0", "--data-dir", smoke_data, "--out", str(tmp_path / "ex2"))
     assert ex2.returncode == 0, ex2.stderr[-2000:]
     shutil.copytree(only_run(str(tmp_path / "ex2")), root / "cifar_10" / "an_ex2_run")
     result = _compare(str(root), "--figure", str(tmp_path / "f.png"))

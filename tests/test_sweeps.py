@@ -132,9 +132,14 @@ def test_a_second_process_on_a_run_folder_is_refused_naming_the_holder_and_chang
     # the holder was killed: its lock is gone with it, and --resume takes the folder over
     stale = open(os.path.join(run_dir, ".lock")).read()
     assert f"PID {proc.pid}" in stale
-    result = run_script("ex_1.py", "--resume", run_dir, "--device", "cpu")
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert f"PID {proc.pid}" not in open(os.path.join(run_dir, ".lock")).read()
+    taker = _popen("--resume", run_dir, "--device", "cpu")
+    try:
+        _wait_for(taker, "resuming", "epoch")  # it took the folder and trains
+        assert f"PID {taker.pid}" in open(os.path.join(run_dir, ".lock")).read()
+        assert len(json.load(open(os.path.join(run_dir, "config.json")))["resumes"]) == 1
+    finally:
+        taker.kill()
+        taker.wait(timeout=30)
 
 
 def test_parallel_jobs_write_logs_show_live_progress_and_stop_cleanly_when_the_launcher_dies(smoke_data, tmp_path):
@@ -187,7 +192,7 @@ def test_a_sweep_on_slurm_with_a_task_preempted_completes_with_the_local_runs_me
     reason = _slurm_ready()
     if reason:
         pytest.skip(reason)
-    sweep = ["--smoke", "--dataset", "cifar10", "--sweep", "lr=0.001,0.003", "--seeds", "0,1", "--epochs", "6",
+    sweep = ["--smoke", "--dataset", "cifar10", "--sweep", "lr=0.001,0.003", "--seeds", "0,1", "--epochs", "4",
              "--batch-size", "16", "--save-every", "0", "--name", "lr", "--data-dir", smoke_data]
     local = run_script("ex_1.py", *sweep, "--jobs", "2", "--out", str(tmp_path / "local"), timeout=600)
     assert local.returncode == 0, local.stderr[-2000:]
@@ -198,7 +203,7 @@ def test_a_sweep_on_slurm_with_a_task_preempted_completes_with_the_local_runs_me
     plan_dir = str(tmp_path / "slurm" / "sweeps" / "lr")
     victim = _members(plan_dir)["cifar_10/lr=0.003,seed=1"]
     deadline = time.time() + 180
-    while not (os.path.exists(os.path.join(victim, "log.txt")) and "epoch   2/6" in open(os.path.join(victim, "log.txt")).read()):
+    while not (os.path.exists(os.path.join(victim, "log.txt")) and "epoch   1/4" in open(os.path.join(victim, "log.txt")).read()):
         assert time.time() < deadline, "the task never trained"
         time.sleep(0.2)
     task = f"{job}_3"  # members are submitted in plan order
