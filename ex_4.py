@@ -4,9 +4,11 @@ What it tests: whether the resize/augment/schedule recipe that helped the small 
 lifts the pretrained EfficientNetV2-S (the report's best result).
 
 Recipe: EX-3 (pretrained EfficientNetV2-S, new head, ImageNet normalization, Adam lr
-1e-4, weight decay 1e-4, batch 128: this repo's choice, see EX-3) with inputs resized 32 -> 128 px, RandomCrop(128,
-padding=16) + horizontal flip, a cosine schedule (per epoch, to zero; the report does not
-name its schedule, cosine is the hyperparameter-free choice, as in EX-2), 15 epochs.
+1e-4, weight decay 1e-4, batch 128: this repo's choices, see EX-3) with inputs resized
+32 -> 128 px, RandomCrop(128, padding=16) + horizontal flip, a cosine schedule (per
+epoch, to zero), 15 epochs. This repo's choices: 128 px (the report says only "resizing";
+128 px is EX-2's size) and cosine (the report does not name its schedule; cosine is the
+hyperparameter-free choice, as in EX-2).
 
 Changed from EX-3: image size 128, crop+flip augmentation, cosine schedule, 15 epochs.
 

@@ -95,7 +95,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser(script_recipe: Recipe, description: str) -> argparse.ArgumentParser:
     """Every flag defaults to 'not given' (SUPPRESS); the help shows the script's value."""
     parser = Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                    argument_default=argparse.SUPPRESS)
+                    argument_default=argparse.SUPPRESS, usage="%(prog)s [flags]   (every flag below)")
     defaults = {Recipe: resolved_recipe(script_recipe), Options: Options(), Launch: Launch()}
     for title, cls in GROUPS:
         group = parser.add_argument_group(title)

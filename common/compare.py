@@ -400,15 +400,17 @@ def markdown(rows: list, runs: list) -> str:
     return "\n".join(out).strip() + "\n"
 
 
+def reference_rows(rows: list) -> list:
+    """The rows of each script's own recipe, on real data: what README's results compare with the report."""
+    return [row for row in rows if row.record.script_recipe is not None and not row.changes
+            and not row.record.options.smoke and row.record.experiment in REPORT]
+
+
 def reference_table(rows: list) -> str:
     """README's results: each script's own recipe (on real data) beside the report's figure, per cell."""
     lines = ["| experiment | dataset | n (seeds) | test acc, mean ± std | 95% CI of the mean | report | report inside our "
              "95% prediction interval? | AUC (hard labels), mean ± std | report's AUC |", "|" + "---|" * 9]
-    measured = {}
-    for row in rows:
-        record = row.record
-        if record.script_recipe is not None and not row.changes and not record.options.smoke:
-            measured.setdefault((record.experiment, record.dataset), row)
+    measured = {(row.record.experiment, row.record.dataset): row for row in reversed(reference_rows(rows))}
     for experiment, cells in REPORT.items():
         for dataset, report in cells.items():
             row = measured.get((experiment, dataset))
@@ -562,6 +564,7 @@ def main(argv=None) -> None:
     p.add_argument("--figure", help="where to write the validation-accuracy figure, F.png (default: "
                                     "compare_val_accuracy.png beside the compared folders); per swept field also "
                                     "F_FIELD.png beside it (default: compare_FIELD.png)")
+    p.add_argument("--no-figures", action="store_true", help="write no figure")
     p.add_argument("--json", help="also write the table as JSON (numbers as numbers, each row's run folders)")
     p.add_argument("--readme", help="replace the text between a block's markers in this file (see --block)")
     p.add_argument("--block", default="compare", type=block_name,
@@ -590,8 +593,9 @@ def report(paths: list, args) -> None:
     print(text)
     if args.json:
         write_json_summary(args.json, rows, runs)
-    if rows:
-        for written in write_figures(rows, args.figure, paths):
+    shown = reference_rows(rows) if args.block == "results" else rows  # the figures behind the block
+    if shown and not args.no_figures:
+        for written in write_figures(shown, args.figure, paths):
             print(f"figure: {written}")
     if args.readme:
         update_readme(args.readme, args.block, reference_table(rows) if args.block == "results" else text)

@@ -163,6 +163,7 @@ def plot_swept_field(name: str, groups: dict, path: str) -> None:
             ax.errorbar(x, means, yerr=errors, marker="o", capsize=4, label=label)
         if numeric and min(x) > 0 and max(x) / min(x) >= 10:
             ax.set_xscale("log")
+            ax.minorticks_off()  # only the swept values are labelled
         ax.set_xticks(x, [f"{v:g}" if numeric else str(v) for v, _ in points])
         first = points[0][1]
         ax.set_title(f"{first['dataset']}, {first['experiment']}: {name} (n = "
