@@ -10,8 +10,7 @@ This repo's choices, where the report is silent or differs: the 1000-way classif
 replaced by a `classes`-way Linear (20,190,298 / 20,305,588 parameters; the report kept
 torchvision's 1000-way head, 21,458,488 parameters, and its loss ran over all 1000 logits);
 ImageNet normalization (the model entry's default: what the weights were trained with);
-batch 128 (the report gives none, and EfficientNetV2-S at 128 px in EX-4 needs more than
-the report's 4 GB GPU at batch 128, so its own batch was smaller).
+batch 128 (the report gives none; 128 is EX-1's).
 
 Changed from EX-2: model (pretrained EfficientNetV2-S), back to 32 px, no augmentation,
 Adam lr 1e-4, no schedule, ImageNet normalization, 40 epochs.

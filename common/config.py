@@ -175,7 +175,7 @@ class Recipe:
     split_seed: int = knob(0, "seed of the stratified train/validation split (fixed across --seed)",
                            number(int, 0, 2**32 - 1), show="split seed {value}")
     train_subset: int | None = knob(None, "train on a stratified subset of this many images of the training split "
-                                          "(validation and test unchanged): a real-data check in a minute",
+                                          "(validation and test unchanged): a quick real-data check",
                                     optional(number(int, 2, TRAIN_IMAGES)), "images", "train subset {value}",
                                     parse=int)
 
