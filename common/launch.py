@@ -92,8 +92,8 @@ def run_command(command: Command, script: str) -> list:
         member = the_plan.members[0]
         return [experiment.run(command.experiment, member.recipe, member.options, member.dataset,
                                script_recipe=command.script_recipe)]
-    existing = os.path.join(the_plan.folder, plan.PLAN_FILE)
-    if os.path.isfile(existing):
+    is_new = not os.path.isfile(os.path.join(the_plan.folder, plan.PLAN_FILE))
+    if not is_new:
         stored = plan.read_plan(the_plan.folder)
         if not plan.same_members(stored, the_plan):
             raise UserError(f"{the_plan.folder} holds another plan named {the_plan.name!r} (other members); give "
@@ -101,7 +101,12 @@ def run_command(command: Command, script: str) -> list:
                             f"{shlex.quote(the_plan.folder)}")
         the_plan = stored
     _check_writable(the_plan)
-    return run_plan(the_plan, command, script)
+    try:
+        return run_plan(the_plan, command, script)
+    except UserError:
+        if is_new and distributed.is_main():
+            plan.remove_if_unstarted(the_plan)
+        raise
 
 
 def _new_plan(command: Command) -> plan.Plan:

@@ -115,6 +115,16 @@ def write_plan(plan: Plan, statuses: dict | None = None) -> None:
     runfolder.write_json(path, record)
 
 
+def remove_if_unstarted(plan: Plan) -> None:
+    """Drop a plan folder that holds only sweep.json while no member has a run folder: a plan
+    stopped by a mistake before any training (offline, a bad data folder) leaves nothing behind."""
+    if any(os.path.exists(m.run_dir) for m in plan.members):
+        return
+    if os.path.isdir(plan.folder) and os.listdir(plan.folder) == [PLAN_FILE]:
+        os.remove(os.path.join(plan.folder, PLAN_FILE))
+        os.rmdir(plan.folder)
+
+
 def read_plan(folder: str) -> Plan:
     """sweep.json, validated: every member's recipe and options pass their fields' rules."""
     path = os.path.join(folder, PLAN_FILE)

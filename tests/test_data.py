@@ -85,6 +85,17 @@ def test_offline_download_fails_with_one_clear_line(tmp_path):
     assert not os.path.exists(tmp_path / "d" / "cifar-10-python.tar.gz")
 
 
+def test_a_plan_stopped_offline_before_any_training_leaves_no_plan_folder(tmp_path):
+    mirror = f"http://127.0.0.1:{closed_port()}/"
+    result = run_script("ex_1.py", "--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "o"),
+                        env={"CIFAR_MIRROR": mirror}, timeout=120)  # both datasets: a plan of two members
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "plan" in result.stdout  # it was a plan, announced before the download failed
+    leftovers = [os.path.join(folder, name) for folder, _, names in os.walk(tmp_path / "o") for name in names]
+    assert leftovers == []
+    assert not os.path.exists(tmp_path / "o" / "sweeps") or os.listdir(tmp_path / "o" / "sweeps") == []
+
+
 def test_wrong_md5_archive_is_not_kept(tmp_path, monkeypatch):
     mirror = tmp_path / "mirror"
     mirror.mkdir()
