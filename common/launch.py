@@ -23,7 +23,7 @@ from common.config import to_dict
 from common.console import guard_console
 from common.devices import request_huge_pages
 from common.errors import UserError, first_line
-from common.stopping import stop_on_signals
+from common.stopping import end_quietly, stop_on_signals
 
 def main(recipe, description: str, script_file: str, argv: list | None = None) -> list:
     """Parse the command line, run it, return the run folders; exits 1 on a user's mistake."""
@@ -43,20 +43,24 @@ def main(recipe, description: str, script_file: str, argv: list | None = None) -
     try:
         return run_command(command, script)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(1)
-    except KeyboardInterrupt as e:
+        _fail(f"error: {e}")
+    except KeyboardInterrupt as e:  # the stop signals are ignored from the first one on
         print(stop_message(e, script), file=sys.stderr, flush=True)
         sys.exit(128 + getattr(e, "signum", signal.SIGINT))
     except RuntimeError as e:
         if not distributed.peer_failure(e):
             raise
-        print(f"error: another process of this torchrun job stopped ({first_line(e, 160)}); its run folder keeps "
-              f"the last finished epoch: resume it with torchrun and the same --nproc_per_node", file=sys.stderr,
-              flush=True)
-        sys.exit(1)
+        _fail(f"error: another process of this torchrun job stopped ({first_line(e, 160)}); its run folder "
+              f"keeps the last finished epoch: resume it with torchrun and the same --nproc_per_node")
     finally:
         distributed.cleanup()
+
+
+def _fail(message: str):
+    """Exit 1 with one line; a stop signal after it (torchrun stopping the workers left) ends the process silently."""
+    end_quietly()
+    print(message, file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 def _script_words(script_file: str) -> str:

@@ -16,7 +16,7 @@ from common import experiment, plan, runfolder
 from common.devices import request_huge_pages
 from common.errors import UserError
 from common.files import FILE_MODE
-from common.stopping import STOP_SIGNALS, Stopped, stop_on_signals
+from common.stopping import STOP_SIGNALS, Stopped, end_quietly, stop_on_signals
 
 
 @contextlib.contextmanager
@@ -72,6 +72,7 @@ def main(argv: list) -> None:
     try:
         run_member(*argv)
     except UserError as e:
+        end_quietly(STOP_SIGNALS + (signal.SIGUSR2,))  # the launcher may stop it while it exits: no traceback
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
     except KeyboardInterrupt as e:

@@ -24,3 +24,11 @@ def stop_on_signals(signals=STOP_SIGNALS) -> None:
 
     for s in signals:
         signal.signal(s, stop)
+
+
+def end_quietly(signals=STOP_SIGNALS) -> None:
+    """The outcome is decided and printed: a stop signal from now on ends the process at once,
+    silently (torchrun sends SIGTERM to the workers left when one fails, often while the
+    interpreter shuts down, where a raised Stopped would print a traceback)."""
+    for s in signals:
+        signal.signal(s, signal.SIG_DFL)

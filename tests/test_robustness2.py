@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from tests.conftest import REPO, only_run, run_metrics, run_script, snapshot_files
+from tests.conftest import REPO, closed_port, only_run, run_metrics, run_script, snapshot_files
 from tests.test_robustness import SMOKE, _one_error_line, _temp_files
 
 
@@ -266,6 +266,21 @@ def test_a_torchrun_process_killed_leaves_one_line_from_the_other(smoke_data, tm
     assert "Traceback" not in text, text[-2000:]
     assert len(lines) <= 2 and all("error:" in line or "interrupted" in line or "--resume" in line
                                    for line in lines), text[-2000:]
+
+
+def test_a_sigterm_after_the_error_line_ends_the_process_without_a_traceback(tmp_path):
+    """What torchrun does to the workers left when one fails: SIGTERM, often while the interpreter
+    shuts down. Here the process sends it to itself from its last atexit callback."""
+    script = os.path.join(REPO, "ex_1.py")
+    argv = [script, "--dataset", "cifar10", "--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "o")]
+    code = ("import atexit, os, runpy, signal, sys\n"
+            "atexit.register(lambda: os.kill(os.getpid(), signal.SIGTERM))\n"
+            f"sys.argv = {argv!r}\n"
+            f"runpy.run_path({script!r}, run_name='__main__')\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, CIFAR_MIRROR=f"http://127.0.0.1:{closed_port()}/"))
+    _one_error_line(result, "CIFAR_MIRROR")
+    assert result.returncode == -signal.SIGTERM  # the error was printed; the signal then ended it at once
 
 
 # --- data ----------------------------------------------------------------------------------------------
