@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 
 from common.config import (SMOKE_BATCH, SMOKE_EPOCHS, SMOKE_SAVE_EVERY, TRAIN_IMAGES, Launch, Options, Recipe,
-                           applies, knobs, resolved_recipe)
+                           applies, floats, ints, knobs, resolved_recipe)
 from common.devices import check_device
 from common.models import MODELS
 
@@ -54,8 +54,9 @@ def _flag_type(k, kind_word: str):
     def convert(text: str):
         try:
             value = k.parse(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind_word}, got {text!r}") from None
+        except ValueError as e:  # int() and float() say little; the repo's own parsers say what is wrong
+            own_words = k.parse not in (int, float, ints, floats)
+            raise argparse.ArgumentTypeError(str(e) if own_words else f"expected {kind_word}, got {text!r}") from None
         try:
             return k.rule(value)
         except ValueError as e:

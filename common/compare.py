@@ -251,15 +251,21 @@ def choose_baselines(rows: list, baseline: tuple | None = None) -> None:
     by_context = defaultdict(list)
     for row in rows:
         by_context[row.context].append(row)
+    found = False
     for members in by_context.values():
         varying = {name for name in recipe_key_fields()
                    if len({json.dumps(getattr_any(r.record, name)) for r in members}) > 1}
         candidates = [r for r in members if baseline is None or _matches(r, *baseline)]
         if not candidates:
             continue
+        found = True
         chosen = min(candidates, key=lambda r: (len(set(r.changes) & varying), _row_order(r)))
         for row in members:
             row.baseline = chosen if row is not chosen else None
+    if baseline is not None and rows and not found:
+        values = sorted({json.dumps(getattr_any(r.record, baseline[0])) for r in rows})
+        raise UserError(f"--baseline {baseline[0]}={json.dumps(baseline[1])} matches no compared run; their "
+                        f"{baseline[0]} values: {', '.join(values)}")
     rows.sort(key=_row_order)
 
 
@@ -491,12 +497,14 @@ def write_figures(rows: list, figure: str | None, paths: list) -> list:
             continue
         try:
             os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-        except OSError as e:
-            raise UserError(f"cannot write the figure {target}: {os_reason(e)}") from None
-        if what == "val":
-            plots.plot_val_curves(val_curve_series(rows), target)
-        else:
-            plots.plot_swept_field(what, swept_fields(rows)[what], target)
+            if what == "val":
+                plots.plot_val_curves(val_curve_series(rows), target)
+            else:
+                plots.plot_swept_field(what, swept_fields(rows)[what], target)
+        except (OSError, UserError) as e:
+            reason = os_reason(e) if isinstance(e, OSError) else str(e)
+            raise UserError(f"cannot write the figure {target} ({reason}); the table above is complete: name "
+                            f"another place with --figure PATH, or give --no-figures") from None
         written.append(target)
     return written
 
@@ -525,6 +533,13 @@ def update_readme(readme: str, block: str, text: str) -> None:
     """Replace the text between the block's markers; both must be there, in order."""
     from common.files import write_bytes
 
+    content, i, j = read_readme(readme, block)
+    start, end = markers(block)
+    write_bytes(readme, (content[:i] + f"{start}\n{text}{end}" + content[j + len(end):]).encode())
+
+
+def read_readme(readme: str, block: str) -> tuple:
+    """(its text, where the block's start marker is, where its end marker is)."""
     try:
         with open(readme) as f:
             content = f.read()
@@ -534,7 +549,7 @@ def update_readme(readme: str, block: str, text: str) -> None:
     i, j = content.find(start), content.find(end)
     if i < 0 or j < 0 or j < i:
         raise UserError(f"--readme {readme}: needs the markers {start} and then {end}")
-    write_bytes(readme, (content[:i] + f"{start}\n{text}{end}" + content[j + len(end):]).encode())
+    return content, i, j
 
 
 def write_json_summary(path: str, rows: list, runs: list) -> None:
@@ -555,7 +570,9 @@ def block_name(text: str) -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from common.cli import Parser  # a usage error is one line
+
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", nargs="*", help="folders holding run folders at any depth (default: your own runs, "
                                               "every ex_N/ beside the scripts)")
     p.add_argument("--baseline", type=parse_baseline, metavar="FIELD=VALUE",
@@ -586,6 +603,8 @@ def main(argv=None) -> None:
 
 
 def report(paths: list, args) -> None:
+    if args.readme:  # before anything is written: a missing file or markers fail at once
+        read_readme(args.readme, args.block)
     runs = collect(paths)
     rows = build_rows(runs)
     choose_baselines(rows, args.baseline)

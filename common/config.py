@@ -244,8 +244,14 @@ def sweep_values(text: str) -> tuple:
     name, sep, values = text.partition("=")
     name = name.strip().replace("-", "_")
     fields = knobs(Recipe)
-    if not sep or name not in fields or not values:
-        raise ValueError(f"expected FIELD=V1,V2,... with FIELD a recipe field ({', '.join(fields)}), got {text!r}")
+    if name == "seed":
+        raise ValueError("the seed is no recipe field: give --seeds 0,1,2 for one member per seed")
+    if not sep:
+        raise ValueError(f"expected FIELD=V1,V2,..., got {text!r}")
+    if name not in fields:
+        raise ValueError(f"{name!r} is no recipe field; the recipe fields are {', '.join(fields)}")
+    if not values.strip(","):
+        raise ValueError(f"{name}= needs values, e.g. {name}=V1,V2")
     k, default = fields[name]
     parts = values.split(";") if isinstance(default, tuple) or name in ("mean", "std") else values.split(",")
     parsed = []
@@ -255,7 +261,7 @@ def sweep_values(text: str) -> tuple:
         except ValueError as e:
             raise ValueError(f"{name}={part.strip()}: {e}") from None
     if len(set(map(str, parsed))) != len(parsed):
-        raise ValueError(f"{name}'s values must be distinct, got {values!r}")
+        raise ValueError(f"{name}'s values must be distinct, got {values!r} (the same value written twice?)")
     return name, tuple(parsed)
 
 

@@ -13,6 +13,10 @@ class UserError(Exception):
     """A problem the user can fix; the scripts print it as one line and exit 1."""
 
 
+class Diverged(UserError):
+    """The loss became nan or infinite: the recipe fails, so resuming the same run would fail again."""
+
+
 def os_reason(e: OSError) -> str:
     """'No space left on device (ENOSPC)': the system's words plus the errno name to search for."""
     name = errno.errorcode.get(e.errno or 0)

@@ -19,13 +19,13 @@ import time
 
 import torch
 
-from common import REPO_ROOT, distributed, plots, runfolder, schedules
+from common import REPO_ROOT, distributed, plots, runfolder, schedules, stopping
 from common.augment import Preprocess
 from common.config import SMOKE_SIZES, Options, Recipe, header_words, knobs, resolved_recipe, to_dict
 from common.data import (SPECS, CifarData, fingerprint, load_cifar, make_synthetic, stratified_split,
                          stratified_subset)
 from common.devices import amp_dtype, describe, memory_format, select_device, use_channels_last
-from common.errors import UserError, first_line
+from common.errors import Diverged, UserError, first_line
 from common.files import remove_stale_temp_files
 from common.metrics import classification_metrics
 from common.models import MODELS, build_model, count_parameters
@@ -72,7 +72,8 @@ def run(experiment: str, recipe: Recipe, options: Options, dataset: str, run_dir
     missing; an interrupted run in it is resumed, a complete one is an error).
     """
     if run_dir and os.path.isfile(runfolder.path(run_dir, runfolder.CONFIG)):
-        return resume(run_dir, experiment=experiment)
+        _check_same_run(run_dir, recipe, options)
+        return resume(run_dir, options.device, experiment=experiment)
     recipe = resolved_recipe(recipe)  # the model's normalization where the recipe leaves it open
     session = prepare(experiment, recipe, options, dataset)
     if not distributed.is_main():
@@ -84,6 +85,19 @@ def run(experiment: str, recipe: Recipe, options: Options, dataset: str, run_dir
         runfolder.claim(folder)
         _write_new_run(session, folder, resolved_recipe(script_recipe or recipe))
         return _fit_and_test(session, distributed.broadcast(folder))
+
+
+def _check_same_run(run_dir: str, recipe: Recipe, options: Options) -> None:
+    """A plan's member resumed from its run folder: the plan (sweep.json) and the folder's config.json
+    must describe the same run, or the plan was edited after the run started."""
+    record = runfolder.read_config(run_dir)
+    wanted = {**to_dict(resolved_recipe(recipe)), "seed": options.seed}
+    started = {**to_dict(record.recipe), "seed": record.options.seed}
+    differ = [name for name in wanted if wanted[name] != started.get(name)]
+    if differ:
+        raise UserError(f"{run_dir} was started with {', '.join(f'{n} {started.get(n)!r}' for n in differ)}, but its "
+                        f"plan now says {', '.join(f'{n} {wanted[n]!r}' for n in differ)}: put the plan back, or "
+                        f"start a new plan for the new values")
 
 
 def resume(run_dir: str, device: str | None = None, experiment: str | None = None) -> str:
@@ -108,7 +122,8 @@ def resume(run_dir: str, device: str | None = None, experiment: str | None = Non
         if distributed.is_main():
             runfolder.claim(run_dir)
             remove_stale_temp_files(run_dir)  # of writes cut short by a SIGKILL
-            runfolder.record_resume(run_dir, record.raw, session.state.saved_epochs, REPO_ROOT)
+            runfolder.record_resume(run_dir, record.raw, session.state.saved_epochs, REPO_ROOT,
+                                    str(session.device))
         print(f"resuming {run_dir} from {'last.pth, epoch ' + str(session.state.saved_epochs) if checkpoint else 'the start'}"
               f" ({record.recipe.epochs} epochs planned)", flush=True)
         if record.defaulted:
@@ -196,11 +211,12 @@ def _fit_and_test(s: Session, run_dir: str) -> str:
         fit(s, run_dir, writer)
         evaluate_best_checkpoint(s, run_dir, writer)
     except KeyboardInterrupt as e:
-        write_train_json(s, run_dir, "interrupted")
+        with stopping.cleaning_up():
+            write_train_json(s, run_dir, "interrupted")
         e.run_dir, e.saved_epochs = run_dir, s.state.saved_epochs  # for the caller's message
         raise
     except BaseException as e:
-        write_train_json(s, run_dir, "failed", error=first_line(e, 1000))
+        write_train_json(s, run_dir, "failed", error=first_line(e, 1000), diverged=isinstance(e, Diverged))
         raise
     finally:
         if writer is not None:
@@ -223,7 +239,7 @@ def fit(s: Session, run_dir: str, writer=None) -> None:
                                 desc=f"{s.tag} epoch {epoch + 1}/{recipe.epochs}")
         val = evaluate(state.model, s.images, s.labels, s.val_idx, s.preprocess, s.options.eval_batch_size, s.dtype)
         if not (torch.isfinite(torch.tensor(train["loss"])) and torch.isfinite(torch.tensor(val["loss"]))):
-            raise UserError(f"the loss became {train['loss']} in epoch {epoch + 1}; stopped. last.pth "
+            raise Diverged(f"the loss became {train['loss']} in epoch {epoch + 1}; stopped. last.pth "
                             f"keeps epoch {epoch}; try a lower --lr")
         schedules.after_epoch(recipe, state.plateau, val["loss"])
         best = state.best()
@@ -234,6 +250,7 @@ def fit(s: Session, run_dir: str, writer=None) -> None:
             write_train_json(s, run_dir, "running")
             plot_curves(s, run_dir)
         log_epoch(s.tag, recipe.epochs, state.history[-1], improved, writer)
+        stopping.check()  # matplotlib's finalizers may have dropped a stop signal's exception
     write_train_json(s, run_dir, "completed")
 
 
@@ -253,12 +270,12 @@ def plot_curves(s: Session, run_dir: str) -> None:
                       runfolder.path(run_dir, runfolder.ACCURACY_PNG))
 
 
-def write_train_json(s: Session, run_dir: str, status: str, error: str | None = None) -> None:
+def write_train_json(s: Session, run_dir: str, status: str, error: str | None = None, diverged: bool = False) -> None:
     """train.json from the epochs last.pth holds: the history never runs ahead of the checkpoint."""
     if not distributed.is_main():
         return
     summary = runfolder.train_summary(s.experiment, s.dataset, s.recipe.epochs,
-                                      s.state.history[: s.state.saved_epochs], status, error)
+                                      s.state.history[: s.state.saved_epochs], status, error, diverged)
     try:
         runfolder.write_json(runfolder.path(run_dir, runfolder.TRAIN), summary)
     except UserError:

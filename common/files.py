@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 
+from common import stopping
 from common.errors import UserError, os_reason
 
 TEMP_SUFFIX = ".tmp"
@@ -39,6 +40,7 @@ def atomic_write(path: str, write, what: str | None = None) -> None:
     `path` may be a symlink: its target is replaced, the link stays. An exception inside
     `write` (a failed checksum, a signal) leaves nothing behind and propagates.
     """
+    stopping.check()  # a stop recorded but not yet raised (see common.stopping) stops here, before the write
     path = os.path.realpath(path)
     folder = os.path.dirname(path)
     tmp = None

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from common import REPO_ROOT, plan, runfolder
+from common import REPO_ROOT, plan, runfolder, stopping
 from common.errors import UserError
 from common.train import LOG_INTERVAL_ENV
 TTY_REFRESH_S, LOG_REFRESH_S = 1.0, 60.0
@@ -63,6 +63,7 @@ def run_parallel(the_plan: plan.Plan, jobs: int) -> dict:
                 todo.clear()
             view.draw([m for _, m in running.values()], len(todo), len(outcomes))
             time.sleep(0.25)
+            stopping.check()
     except KeyboardInterrupt as e:
         stop_all(running, view)
         e.plan_dir = the_plan.folder
@@ -77,11 +78,11 @@ def run_parallel(the_plan: plan.Plan, jobs: int) -> dict:
 def outcome(proc: subprocess.Popen, member: plan.Member) -> tuple:
     """(None, None) done; (error, None) a failure in training; (error, error) a failure before it."""
     stderr = proc.stderr.read() if proc.stderr else ""
-    if proc.returncode == 0:
+    if proc.returncode in (0, runfolder.BUSY_EXIT):  # done, or another process trains it: no failure of this plan
         return None, None
     errors = [line[len("error: "):] for line in stderr.splitlines() if line.startswith("error: ")]
     status = plan.member_status(member)
-    if proc.returncode == 1 and status != "failed" and errors and "is being trained by" not in errors[-1]:
+    if proc.returncode == 1 and status != "failed" and errors:
         return errors[-1], f"{member.id}: {errors[-1]}"
     if status == "failed":
         return _train_error(member) or "failed", None
@@ -98,6 +99,8 @@ def _train_error(member: plan.Member) -> str | None:
 def summary_words(member: plan.Member, error: str | None) -> str:
     if error is not None:
         return error
+    if not runfolder.is_complete(member.run_dir):
+        return "running elsewhere (skipped)"
     try:
         test = runfolder.read_test(member.run_dir)
         return f"test accuracy {test['accuracy']:.4f}"

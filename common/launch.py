@@ -23,6 +23,7 @@ from common.config import to_dict
 from common.console import guard_console
 from common.devices import request_huge_pages
 from common.errors import UserError, first_line
+from common import stopping
 from common.stopping import end_quietly, stop_on_signals
 
 def main(recipe, description: str, script_file: str, argv: list | None = None) -> list:
@@ -87,7 +88,12 @@ def run_command(command: Command, script: str) -> list:
     if launch.resume:
         target = os.path.abspath(launch.resume)
         if os.path.isfile(os.path.join(target, plan.PLAN_FILE)):
-            return run_plan(plan.read_plan(target), command, script)
+            the_plan = plan.read_plan(target)
+            if the_plan.experiment != command.experiment:
+                raise UserError(f"{target} is a plan of {the_plan.experiment}, not {command.experiment}; continue it "
+                                f"with python {experiment.script_path(the_plan.experiment)} --resume "
+                                f"{shlex.quote(target)}")
+            return run_plan(the_plan, command, script)
         device = command.options.device if "device" in command.given else None
         return [experiment.resume(target, device, command.experiment)]
     the_plan = _new_plan(command)
@@ -147,7 +153,7 @@ def _check_writable(the_plan: plan.Plan) -> None:
 def run_plan(the_plan: plan.Plan, command: Command, script: str) -> list:
     """Run every member that is not complete and not running elsewhere: here, as --jobs processes, or on Slurm."""
     launch = _launcher_settings(the_plan, command)
-    the_plan = dataclasses.replace(the_plan, launcher=launch)
+    the_plan = dataclasses.replace(the_plan, launcher=launch, members=_where_members_run(the_plan, command))
     if distributed.is_main():
         plan.write_plan(the_plan, _statuses(the_plan))
     print(plan.describe(the_plan), flush=True)
@@ -173,7 +179,17 @@ def _launcher_settings(the_plan: plan.Plan, command: Command) -> dict:
     settings = {key: stored.get(key, getattr(command.launch, name)) for key, name in LAUNCHER_FIELDS.items()}
     settings.update({key: getattr(command.launch, name) for key, name in LAUNCHER_FIELDS.items()
                      if name in command.given})
+    if stored.get("slurm_jobs"):
+        settings["slurm_jobs"] = stored["slurm_jobs"]  # the array tasks submitted so far (common.slurm)
     return settings
+
+
+def _where_members_run(the_plan: plan.Plan, command: Command) -> tuple:
+    """The members, with the --device given now (sweep.json keeps it, so every executor's members see it)."""
+    if "device" not in command.given:
+        return the_plan.members
+    return tuple(dataclasses.replace(m, options=dataclasses.replace(m.options, device=command.options.device))
+                 for m in the_plan.members)
 
 
 def _statuses(the_plan: plan.Plan) -> dict:
@@ -185,20 +201,19 @@ def _run_here(the_plan: plan.Plan, command: Command) -> dict:
     from common import experiment
 
     outcomes = {}
-    device = command.options.device if "device" in command.given else None
     for member in the_plan.members:
         status = plan.member_status(member)
         if status in ("completed", "running"):
             print(f"{member.id}: {status}{' (skipped)' if status == 'completed' else ' elsewhere (skipped)'}",
                   flush=True)
             continue
-        options = member.options if device is None else dataclasses.replace(member.options, device=device)
         try:
-            experiment.run(the_plan.experiment, member.recipe, options, member.dataset, run_dir=member.run_dir,
+            experiment.run(the_plan.experiment, member.recipe, member.options, member.dataset, run_dir=member.run_dir,
                            script_recipe=the_plan.script_recipe)
             outcomes[member.id] = None
         except KeyboardInterrupt as e:
-            plan.write_plan(the_plan, _statuses(the_plan))
+            with stopping.cleaning_up():
+                plan.write_plan(the_plan, _statuses(the_plan))
             e.plan_dir = the_plan.folder
             raise
         except UserError as e:
@@ -207,6 +222,27 @@ def _run_here(the_plan: plan.Plan, command: Command) -> dict:
             print(f"error: {member.id}: {e}", file=sys.stderr, flush=True)
             outcomes[member.id] = str(e)
     return outcomes
+
+
+def _advice(the_plan: plan.Plan, failed: list, script: str) -> str:
+    """What to do next: a diverged recipe (nan loss) fails again on resume; anything else may not."""
+    diverged = [m.id for m in the_plan.members if m.id in failed and _train_record(m).get("diverged")]
+    resume = f"python {script} --resume {shlex.quote(the_plan.folder)}"
+    if len(diverged) == len(failed):
+        return ("Their loss diverged: resuming cannot help; start a new plan (another --name) with other values, "
+                "e.g. a lower --lr")
+    if diverged:
+        return (f"{', '.join(diverged)} diverged (a new plan with other values, e.g. a lower --lr, is needed for "
+                f"those); for the others, after a fix: {resume}")
+    return f"After a fix: {resume}"
+
+
+def _train_record(member: plan.Member) -> dict:
+    try:
+        record = runfolder.read_json(runfolder.path(member.run_dir, runfolder.TRAIN))
+    except UserError:
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def _failed_in_training(member: plan.Member) -> bool:
@@ -219,10 +255,11 @@ def _finish(the_plan: plan.Plan, outcomes: dict, script: str) -> list:
     plan.write_plan(the_plan, statuses)
     failed = [m for m, error in outcomes.items() if error is not None]
     done = sum(s == "completed" for s in statuses.values())
-    print(f"{plan.describe(the_plan)}: {done} of {len(statuses)} complete", flush=True)
+    elsewhere = sum(s == "running" for s in statuses.values())
+    print(f"{plan.describe(the_plan)}: {done} of {len(statuses)} complete"
+          + (f", {elsewhere} running in another process" if elsewhere else ""), flush=True)
     if failed:
         raise UserError(f"{len(failed)} of {len(the_plan.members)} members failed ({', '.join(failed)}); see their "
-                        f"train.json; the rest are done. After a fix: python {script} --resume "
-                        f"{shlex.quote(the_plan.folder)}")
+                        f"train.json; the rest are done. {_advice(the_plan, failed, script)}")
     return [m.run_dir for m in the_plan.members]
 

@@ -3,7 +3,9 @@
 What `--jobs N` starts for each member and what each Slurm array task runs: it takes the
 member's lock (a second process on the same run folder is refused in one line and changes
 nothing), sends its console output to the run folder's log.txt, and runs or resumes the
-member with the recipe and options that sweep.json holds. Exit codes as the scripts'.
+member with the recipe and options that sweep.json holds. Exit codes as the scripts', and
+runfolder.BUSY_EXIT when another process holds the member's lock (it is running elsewhere: no failure).
+A member started by --jobs also stops (as on SIGTERM) once its launcher is gone.
 """
 from __future__ import annotations
 
@@ -40,9 +42,9 @@ def output_to(log_path: str):
             os.close(original)
 
 
-def run_member(plan_dir: str, member_id: str, when_stopped: str = "") -> str:
+def run_member(plan_dir: str, member_id: str, when_stopped=lambda: "") -> str:
     """Run (or resume, or skip if complete) one member under its lock, its output in log.txt;
-    `when_stopped`: what its log says happens next if a signal stops it."""
+    `when_stopped()`: what its log says happens next if a signal stops it (asked once it stopped)."""
     the_plan = plan.read_plan(plan_dir)
     member = the_plan.member(member_id)
     if runfolder.is_complete(member.run_dir):
@@ -60,7 +62,10 @@ def run_member(plan_dir: str, member_id: str, when_stopped: str = "") -> str:
             return experiment.run(the_plan.experiment, member.recipe, member.options, member.dataset,
                                   run_dir=member.run_dir, script_recipe=the_plan.script_recipe)
         except Stopped as e:
-            print(f"{member.id}: stopped by {signal.Signals(e.signum).name}{when_stopped}", flush=True)
+            print(f"{member.id}: stopped by {signal.Signals(e.signum).name}{when_stopped()}", flush=True)
+            raise
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)  # in log.txt too, beside what led to it
             raise
 
 
@@ -68,9 +73,13 @@ def main(argv: list) -> None:
     if len(argv) != 2:
         sys.exit("usage: python -m common.member PLAN_DIR MEMBER_ID")
     request_huge_pages()
-    stop_on_signals(STOP_SIGNALS + (signal.SIGUSR2,))
+    stop_on_signals(STOP_SIGNALS + (signal.SIGUSR2,), parent=os.getppid())
     try:
         run_member(*argv)
+    except runfolder.Busy as e:
+        end_quietly(STOP_SIGNALS + (signal.SIGUSR2,))
+        print(f"busy: {e}", file=sys.stderr, flush=True)
+        sys.exit(runfolder.BUSY_EXIT)
     except UserError as e:
         end_quietly(STOP_SIGNALS + (signal.SIGUSR2,))  # the launcher may stop it while it exits: no traceback
         print(f"error: {e}", file=sys.stderr, flush=True)

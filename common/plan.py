@@ -59,10 +59,14 @@ class Plan:
 
 
 def _value_words(value) -> str:
-    """A value as it appears in a folder name: 0.003, crop_flip, 0.5_0.75 (no '/')."""
+    """A value as it appears in a folder name: 0.003, crop_flip, 0.5_0.75 (no '/'). A float's words
+    read back as the same float (0.00123457 would name two nearby values alike)."""
     if isinstance(value, (list, tuple)):
         return "_".join(_value_words(v) for v in value)
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        short = f"{value:g}"
+        return short if float(short) == value else repr(value)
+    return str(value)
 
 
 def stamp() -> str:
@@ -91,7 +95,18 @@ def make_plan(command, now: str, check) -> Plan:
                     run_dir = os.path.join(command.options.out, runfolder.DATASET_FOLDERS[dataset],
                                            now + (f"_seed{seed}" if len(seeds) > 1 else ""))
                 members.append(Member(os.path.relpath(run_dir, folder), dataset, recipe, options, run_dir))
+    _check_distinct(members)
     return Plan(folder, command.experiment, launch.name or now, command.script_recipe, sweep, tuple(members), {})
+
+
+def _check_distinct(members: list) -> None:
+    """Two members in one folder would be one run: refuse the plan before anything is written."""
+    seen = set()
+    for member in members:
+        if member.id in seen:
+            raise UserError(f"two members of this plan would share the folder {member.id}: give values that differ "
+                            f"in their folder names")
+        seen.add(member.id)
 
 
 def plan_record(plan: Plan, statuses: dict | None = None) -> dict:
@@ -136,6 +151,10 @@ def read_plan(folder: str) -> Plan:
         sweep = tuple((name, tuple(values)) for name, values in raw.get("sweep", []))
     except (TypeError, ValueError, KeyError) as e:
         raise UserError(f"{path} is damaged: {type(e).__name__}: {e}") from None
+    if not members:
+        raise UserError(f"{path} is damaged: it lists no members")
+    if len({m.id for m in members}) != len(members):
+        raise UserError(f"{path} is damaged: two members share one run folder")
     script_recipe = from_dict(Recipe, raw.get("script_recipe"), f"{path}: script_recipe")[0]
     return Plan(os.path.abspath(folder), str(raw.get("experiment")), str(raw.get("name")), script_recipe, sweep,
                 members, raw.get("launcher") or {})

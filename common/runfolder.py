@@ -73,6 +73,13 @@ def is_complete(run_dir: str) -> bool:
 
 # --- the lock: one process trains a run folder -------------------------------------------
 
+class Busy(UserError):
+    """The run folder's lock is held by another process: it is running elsewhere, which is no failure."""
+
+
+BUSY_EXIT = 75  # EX_TEMPFAIL: a plan member's exit code when another process holds its lock
+
+
 _HELD: dict = {}  # realpath of a held lock file -> [fd, depth]: re-entrant within this process
 
 
@@ -104,8 +111,8 @@ def locked(run_dir: str):
     except OSError:
         holder = os.read(fd, 500).decode(errors="replace").strip() or "another process"
         os.close(fd)
-        raise UserError(f"{run_dir} is being trained by {holder}; two processes must not train one run "
-                        f"folder: wait for it, or stop it first") from None
+        raise Busy(f"{run_dir} is being trained by {holder}; two processes must not train one run "
+                   f"folder: wait for it, or stop it first") from None
     _HELD[lock_path] = [fd, 1]
     try:
         yield
@@ -249,22 +256,23 @@ def _record_problem(raw: dict, experiment, options: Options) -> str | None:
     return None
 
 
-def record_resume(run_dir: str, raw: dict, from_epoch: int, repo_root: str) -> None:
-    """Append this --resume to config.json (only once the checkpoint has been accepted)."""
+def record_resume(run_dir: str, raw: dict, from_epoch: int, repo_root: str, device: str) -> None:
+    """Append this --resume to config.json (only once the checkpoint has been accepted), with the device it uses."""
     raw["resumes"] = raw.get("resumes", []) + [
         {"time": provenance.now(), "command": provenance.command_line(), "from_epoch": from_epoch,
-         "git": provenance.git_info(repo_root)}]
+         "git": provenance.git_info(repo_root), "device": device}]
     write_json(path(run_dir, CONFIG), raw)
 
 
 # --- train.json and test.json ------------------------------------------------------------------
 
 def train_summary(experiment: str, dataset: str, epochs_planned: int, history: list, status: str,
-                  error: str | None = None) -> dict:
+                  error: str | None = None, diverged: bool = False) -> dict:
     """train.json: status, the best epoch by validation accuracy (the first of equals), totals, every epoch."""
     best = max(history, key=lambda h: h["val_accuracy"], default=None)  # max keeps the first maximum
     train_seconds = sum(h["train_time_s"] for h in history)
     return {"experiment": experiment, "dataset": dataset, "status": status, "error": error,
+            **({"diverged": True} if diverged else {}),  # a recipe that fails: resuming it cannot help
             "epochs_planned": epochs_planned, "epochs_done": len(history),
             "best_epoch": best["epoch"] if best else 0, "best_val_accuracy": best["val_accuracy"] if best else None,
             "train_time_s": sum(h["epoch_time_s"] for h in history),

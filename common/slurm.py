@@ -32,18 +32,63 @@ except ImportError:  # submit() says how to install it
 
 
 class SlurmMember(Checkpointable):
-    """What one array task runs: a member, then (when stopped) a requeue through submitit."""
+    """What one array task runs: a member, then (when a signal stopped it) a requeue through submitit,
+    unless Slurm is ending the job itself (scancel: a cancel is a cancel)."""
 
     def __call__(self, plan_dir: str, member_id: str) -> str:
         from common.member import run_member
 
         submitit_requeue = signal.getsignal(signal.SIGUSR2)  # submitit's checkpoint-and-requeue handler
         stop_on_signals(STOP_SIGNALS + (signal.SIGUSR2,))
+        decision = {}
+
+        def when_stopped() -> str:
+            decision["no_requeue"] = why_not_requeue(plan_dir)
+            return "; back in the queue" if decision["no_requeue"] is None else f"; not requeued: {decision['no_requeue']}"
+
         try:
-            return run_member(plan_dir, member_id, when_stopped="; back in the queue")
+            return run_member(plan_dir, member_id, when_stopped=when_stopped)
         except Stopped:
-            requeue(submitit_requeue)
+            if decision.get("no_requeue") is None:
+                requeue(submitit_requeue)
             raise
+
+
+def job_state(job_id: str) -> str | None:
+    """The job's state as Slurm's controller has it now (RUNNING, COMPLETING, CANCELLED ...), None if unknown."""
+    try:
+        result = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    states = result.stdout.split()
+    return states[0] if result.returncode == 0 and states else None
+
+
+def why_not_requeue(plan_dir: str) -> str | None:
+    """None if this task should put itself back in the queue; else why not, in words for its log.
+
+    A stop signal to a job that Slurm still runs (a preemption notice, `scancel --signal`, the
+    time-out warning) is a requeue; one that comes with Slurm ending the job (`scancel`, which
+    marks it CANCELLED or COMPLETING first) is not. Unknown (no answer from Slurm): requeue."""
+    state = job_state(os.environ.get("SLURM_JOB_ID", ""))
+    if state not in (None, "RUNNING", "PREEMPTED", "SUSPENDED"):
+        return f"Slurm is ending the job (state {state}: a scancel, or a preemption that Slurm requeues itself)"
+    try:
+        import submitit
+
+        pickle = submitit.JobEnvironment().paths.submitted_pickle
+    except (ImportError, RuntimeError):
+        return None
+    if not os.path.isfile(pickle):
+        return (f"its Slurm folder is gone ({os.path.dirname(pickle)}; submitit needs it to restart the task); "
+                f"continue the plan with: python {script_path_of(plan_dir)} --resume {shlex.quote(plan_dir)}")
+    return None
+
+
+def script_path_of(plan_dir: str) -> str:
+    from common import experiment
+
+    return experiment.script_path(plan.read_plan(plan_dir).experiment)
 
 
 def requeue(submitit_requeue) -> None:
@@ -67,9 +112,10 @@ def submit(the_plan: plan.Plan, settings: dict, script: str) -> list:
         raise UserError("--launcher slurm needs submitit: pip install submitit") from None
     if shutil.which("sbatch") is None:
         raise UserError("--launcher slurm: no sbatch on PATH; run the command on a Slurm login node")
-    todo = [m for m in the_plan.members if plan.member_status(m) not in ("completed", "running")]
+    queued = queued_members(the_plan)
+    todo = [m for m in the_plan.members if plan.member_status(m) not in ("completed", "running") and m.id not in queued]
     if not todo:
-        print(f"{the_plan.name}: nothing left to submit (every member is complete or running)")
+        print(f"{the_plan.name}: nothing left to submit (every member is complete, running or in the queue)")
         return []
     executor = submitit.AutoExecutor(folder=os.path.join(the_plan.folder, "slurm", "%j"), cluster="slurm")
     executor.update_parameters(**slurm_parameters(the_plan, settings, len(todo)))
@@ -78,6 +124,7 @@ def submit(the_plan: plan.Plan, settings: dict, script: str) -> list:
     except (subprocess.CalledProcessError, OSError, RuntimeError) as e:
         raise UserError(f"sbatch refused the plan: {first_line(e)}") from None
     array = jobs[0].job_id.split("_")[0]
+    record_jobs(the_plan, {m.id: job.job_id for m, job in zip(todo, jobs)})
     folder = shlex.quote(the_plan.folder)
     print(f"submitted {len(todo)} member(s) of {the_plan.name} as Slurm job array {array}\n"
           f"  watch:   squeue -j {array}   |   python -m common.plan {folder}   |   tail -f {folder}/"
@@ -85,6 +132,29 @@ def submit(the_plan: plan.Plan, settings: dict, script: str) -> list:
           f"  resume:  python {script} --resume {folder}   (submits only what is left)\n"
           f"  compare: python -m common.compare {folder}", flush=True)
     return [m.run_dir for m in todo]
+
+
+def queued_members(the_plan: plan.Plan) -> dict:
+    """{member id: Slurm state} of the members whose array task is still in Slurm's queue (pending,
+    requeued, running), from the job ids sweep.json keeps: submitting them again would train them twice."""
+    jobs = the_plan.launcher.get("slurm_jobs") or {}
+    if not jobs:
+        return {}
+    arrays = sorted({job.split("_")[0] for job in jobs.values()})
+    try:
+        result = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i %T"], capture_output=True,
+                                text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise UserError(f"cannot ask Slurm which members are still queued (squeue: {first_line(e)})") from None
+    states = dict(line.split()[:2] for line in result.stdout.splitlines() if len(line.split()) >= 2)
+    return {member: states[job] for member, job in jobs.items() if job in states}
+
+
+def record_jobs(the_plan: plan.Plan, submitted: dict) -> None:
+    """sweep.json remembers each member's array task, so the next submission skips those still queued."""
+    jobs = {**(the_plan.launcher.get("slurm_jobs") or {}), **submitted}
+    the_plan.launcher["slurm_jobs"] = jobs
+    plan.write_plan(the_plan, {m.id: plan.member_status(m) for m in the_plan.members})
 
 
 def slurm_parameters(the_plan: plan.Plan, settings: dict, tasks: int) -> dict:

@@ -1,9 +1,21 @@
-"""Stop signals as an exception: SIGINT (Ctrl-C), SIGTERM (kill, Slurm, Kubernetes), SIGHUP (the
-terminal closed) and, for Slurm tasks, SIGUSR2 (submitit's time-out warning) raise Stopped at the
-next bytecode, so a run stops cleanly: train.json says interrupted, last.pth is whole."""
+"""Stop signals, recorded first and then raised: SIGINT (Ctrl-C), SIGTERM (kill, Slurm, Kubernetes),
+SIGHUP (the terminal closed) and, for plan members, SIGUSR2 (Slurm's time-out warning) and the
+death of the launcher that started them.
+
+The handler records the stop and raises Stopped at the next bytecode, so a run stops cleanly
+within a batch: train.json says interrupted, last.pth is whole. Python drops an exception raised
+inside a finalizer or weakref callback (matplotlib's caches during garbage collection, say), so
+the raise alone can be lost; the record cannot: the loops call `check()` at every batch boundary
+and around every file write, and a recorded stop is raised there. A second signal while the stop
+is being recorded (train.json written as interrupted, sweep.json's statuses) says so on stderr
+and lets that finish; a third exits at once (every file is written by rename, so each stays whole).
+"""
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import sys
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -16,14 +28,80 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
-def stop_on_signals(signals=STOP_SIGNALS) -> None:
-    def stop(signum, frame):
-        for s in signals:  # stopping already: a second signal must not cut the clean-up short
-            signal.signal(s, signal.SIG_IGN)
-        raise Stopped(signum)
+class _State:
+    signum: int | None = None   # the first stop signal received
+    repeats = 0                 # signals received after it
+    cleaning = 0                # depth of `cleaning_up()` blocks: a stop is being recorded
+    parent: int | None = None   # the launcher's PID: its death is a stop (SIGTERM)
 
+
+_state = _State()
+
+
+def requested() -> int | None:
+    """The stop signal received, or None."""
+    return _state.signum
+
+
+def check() -> None:
+    """Raise the recorded stop, if any: call at every safe point (a batch boundary, a file write)."""
+    if _state.signum is None and _state.parent is not None and os.getppid() != _state.parent:
+        _state.signum = signal.SIGTERM  # the launcher died (and with it, maybe, its death signal)
+    if _state.signum is not None and not _state.cleaning and sys.exc_info()[1] is None:
+        raise Stopped(_state.signum)  # (while an exception is handled, its own way out comes first)
+
+
+def _stopping_already() -> bool:
+    """Inside a clean-up, or while a stop is being handled: raising again would cut the clean-up short."""
+    return bool(_state.cleaning) or isinstance(sys.exc_info()[1], KeyboardInterrupt)
+
+
+@contextlib.contextmanager
+def cleaning_up():
+    """A block that records a stop (train.json, sweep.json): a second signal inside it waits for it."""
+    _state.cleaning += 1
+    try:
+        yield
+    finally:
+        _state.cleaning -= 1
+
+
+def _on_signal(signum, frame):
+    if _state.signum is None:
+        _state.signum = signum
+    else:
+        _state.repeats += 1
+    if not _stopping_already():
+        raise Stopped(_state.signum)
+    if _state.repeats >= 2:
+        os._exit(128 + _state.signum)
+    _say(f"{signal.Signals(signum).name}: already stopping, letting the run save its state (a third signal exits at once)")
+
+
+def _say(text: str) -> None:
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass  # a closed or full console must not break the stop
+
+
+def _unraisable(hook):
+    """sys.unraisablehook that keeps a dropped Stopped quiet: it is recorded and raised at the next check()."""
+    def quiet(unraisable):
+        if isinstance(unraisable.exc_value, Stopped):
+            return
+        hook(unraisable)
+    quiet.wrapped = hook
+    return quiet
+
+
+def stop_on_signals(signals=STOP_SIGNALS, parent: int | None = None) -> None:
+    """Record (and raise) these signals as Stopped; `parent`: stop too when that process is gone."""
+    _state.signum, _state.repeats, _state.cleaning, _state.parent = None, 0, 0, parent
+    if not hasattr(sys.unraisablehook, "wrapped"):
+        sys.unraisablehook = _unraisable(sys.unraisablehook)
     for s in signals:
-        signal.signal(s, stop)
+        signal.signal(s, _on_signal)
 
 
 def end_quietly(signals=STOP_SIGNALS) -> None:

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import distributed
+from common import distributed, stopping
 from common.augment import Preprocess, window
 from common.devices import autocast
 
@@ -84,6 +84,7 @@ def train_one_epoch(model: nn.Module, optimizer, images: torch.Tensor, labels: t
     start = time.perf_counter()
     with _progress(steps, desc) as bar:
         for step in range(steps):
+            stopping.check()  # a batch boundary: a stop signal whose exception was dropped stops here
             rows = slice(step * batch_size, (step + 1) * batch_size)
             idx = order[rows]
             if len(idx) < 2:  # BatchNorm cannot train on a single image; at most one is dropped
@@ -150,6 +151,7 @@ def predict(model: nn.Module, images: torch.Tensor, indices: torch.Tensor | None
     steps = math.ceil(count / batch_size)
     with _progress(steps, desc) as bar:
         for step in range(steps):
+            stopping.check()
             window = slice(step * batch_size, (step + 1) * batch_size)
             x = preprocess(source[window] if source is not None else images[indices[window]], out=x)
             with autocast(device, dtype):

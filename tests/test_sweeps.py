@@ -57,11 +57,13 @@ def test_a_sweep_is_a_plan_with_members_named_by_what_differs(straight_sweep):
 
 def test_a_sweep_killed_mid_plan_resumes_every_member_to_the_uninterrupted_metrics(straight_sweep, smoke_data,
                                                                                   tmp_path):
+    from tests.test_stops import hooked
+
     out = str(tmp_path)
-    proc = _popen(*SWEEP, "--name", "lr", "--data-dir", smoke_data, "--out", out)
-    _wait_for(proc, "done:", "epoch   1/3")  # member 1 complete, member 2 inside its epoch 2
-    proc.kill()
-    proc.wait(timeout=30)
+    # SIGKILL as member 2's first epoch is recorded (last.pth holds it): member 1 is complete by then
+    killed = run_script("ex_1.py", *SWEEP, "--name", "lr", "--data-dir", smoke_data, "--out", out,
+                        env=dict(hooked("train_json", "SIGKILL"), STOP_HOOK_SKIP="1"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     plan_dir = os.path.join(out, "sweeps", "lr")
     first = _members(plan_dir)["cifar_10/lr=0.001,seed=0"]
     finished_at = os.stat(os.path.join(first, "test.json")).st_mtime_ns
@@ -96,12 +98,12 @@ def test_the_same_command_with_the_same_name_continues_and_another_plan_with_it_
 def test_python_ex_1_smoke_stopped_during_cifar10_finishes_both_datasets_with_one_command(ex1_smoke_runs,
                                                                                          smoke_data, tmp_path):
     reference_out, _ = ex1_smoke_runs
+    from tests.test_stops import hooked
+
     out = str(tmp_path)
-    proc = _popen("--smoke", "--data-dir", smoke_data, "--out", out)
-    _wait_for(proc, "epoch   1/2")
-    proc.send_signal(signal.SIGTERM)
-    output = proc.communicate(timeout=60)[0]
-    assert proc.returncode == 143
+    stopped = run_script("ex_1.py", "--smoke", "--data-dir", smoke_data, "--out", out, env=hooked("train_json"))
+    output = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 143, output[-2000:]
     (plan_name,) = os.listdir(os.path.join(out, "sweeps"))
     plan_dir = os.path.join(out, "sweeps", plan_name)
     assert f"python {os.path.relpath(os.path.join(REPO, 'ex_1.py'), REPO)} --resume {plan_dir}" in output
@@ -144,13 +146,15 @@ def test_a_second_process_on_a_run_folder_is_refused_naming_the_holder_and_chang
 
 def test_parallel_jobs_write_logs_show_live_progress_and_stop_cleanly_when_the_launcher_dies(smoke_data, tmp_path):
     out = str(tmp_path)
-    proc = _popen(*SWEEP, "--name", "lr", "--jobs", "2", "--data-dir", smoke_data, "--out", out)
+    # 20 epochs: neither member can finish before both are seen training, however busy the machine
+    args = [*SWEEP[:SWEEP.index("--epochs")], "--epochs", "20", *SWEEP[SWEEP.index("--epochs") + 2:]]
+    proc = _popen(*args, "--name", "lr", "--jobs", "2", "--data-dir", smoke_data, "--out", out)
     lines = _wait_for(proc, "started cifar_10/lr=0.001,seed=0", "started cifar_10/lr=0.003,seed=0")
     assert "2 at once, 1 CPU thread(s) each" in "".join(lines)
     plan_dir = os.path.join(out, "sweeps", "lr")
     logs = [os.path.join(d, "log.txt") for d in _members(plan_dir).values()]
     deadline = time.time() + 120
-    while not all(os.path.exists(p) and "epoch   1/3" in open(p).read() for p in logs) and time.time() < deadline:
+    while not all(os.path.exists(p) and "epoch   1/20" in open(p).read() for p in logs) and time.time() < deadline:
         time.sleep(0.2)
     proc.kill()  # the launcher dies; each member gets SIGTERM from the kernel and stops cleanly
     proc.wait(timeout=30)
@@ -244,3 +248,79 @@ def test_tensorboards_hparams_view_lists_every_member_of_a_sweep(smoke_data, tmp
         lrs[member] = hparams["lr"].number_value
         assert events.Scalars("hparams/test_accuracy")  # the metric beside the recipe
     assert lrs == {"cifar_10/lr=0.001,seed=0": pytest.approx(0.001), "cifar_10/lr=0.003,seed=0": pytest.approx(0.003)}
+
+
+def _wait_for_log(run_dir, marker, timeout=180):
+    log = os.path.join(run_dir, "log.txt")
+    deadline = time.time() + timeout
+    while not (os.path.exists(log) and marker in open(log).read()):
+        assert time.time() < deadline, f"never saw {marker!r} in {log}"
+        time.sleep(0.2)
+
+
+def _wait_until_gone(job, timeout=120):
+    deadline = time.time() + timeout
+    while _squeue(job):
+        assert time.time() < deadline, f"still queued: {_squeue(job)}"
+        time.sleep(0.5)
+
+
+def test_on_slurm_a_cancel_is_a_cancel_a_queued_member_is_not_submitted_twice_and_device_reaches_every_task(
+        smoke_data, tmp_path):
+    reason = _slurm_ready()
+    if reason:
+        pytest.skip(reason)
+    sweep = ["--smoke", "--dataset", "cifar10", "--sweep", "lr=0.001,0.003", "--epochs", "20", "--batch-size", "16",
+             "--save-every", "0", "--name", "c", "--data-dir", smoke_data, "--out", str(tmp_path)]
+    submitted = run_script("ex_1.py", *sweep, "--launcher", "slurm", "--slurm-cpus", "1", "--slurm-parallel", "1",
+                           timeout=120)
+    assert submitted.returncode == 0, submitted.stderr[-2000:]
+    job = submitted.stdout.split("as Slurm job array ")[1].split()[0]
+    plan_dir = str(tmp_path / "sweeps" / "c")
+    first, second = _members(plan_dir).values()
+    _wait_for_log(first, "epoch   1/20")
+    assert sorted(state for _, state in _squeue(job)) == ["PENDING", "RUNNING"]
+    again = run_script("ex_1.py", "--resume", plan_dir, "--launcher", "slurm", timeout=120)
+    assert again.returncode == 0 and "nothing left to submit" in again.stdout, again.stdout + again.stderr
+    subprocess.run(["scancel", job], check=True, timeout=30)  # the user's cancel of the whole array
+    _wait_until_gone(job)
+    time.sleep(3)
+    assert _squeue(job) == []  # nothing requeued itself
+    log = open(os.path.join(first, "log.txt")).read()
+    assert "stopped by SIGTERM; not requeued: Slurm is ending the job" in log, log[-2000:]
+    assert json.load(open(os.path.join(first, "train.json")))["status"] == "interrupted"
+    # As if the plan had started on a GPU node: it is finished on this CPU with --device cpu.
+    raw = json.load(open(os.path.join(plan_dir, "sweep.json")))
+    for m in raw["members"]:
+        m["options"]["device"] = "cuda"
+    json.dump(raw, open(os.path.join(plan_dir, "sweep.json"), "w"))
+    config = json.load(open(os.path.join(first, "config.json")))
+    config["config"]["device"] = "cuda"
+    json.dump(config, open(os.path.join(first, "config.json"), "w"))
+    resumed = run_script("ex_1.py", "--resume", plan_dir, "--launcher", "slurm", "--device", "cpu", timeout=120)
+    assert resumed.returncode == 0 and "submitted 2 member(s)" in resumed.stdout, resumed.stdout + resumed.stderr
+    _wait_until_gone(resumed.stdout.split("as Slurm job array ")[1].split()[0], timeout=300)
+    assert json.load(open(os.path.join(first, "config.json")))["resumes"][-1]["device"] == "cpu"
+    assert json.load(open(os.path.join(second, "config.json")))["config"]["device"] == "cpu"
+    assert all(os.path.exists(os.path.join(d, "test.json")) for d in (first, second))
+
+
+def test_on_slurm_a_task_whose_slurm_folder_is_gone_says_it_cannot_requeue(smoke_data, tmp_path):
+    reason = _slurm_ready()
+    if reason:
+        pytest.skip(reason)
+    submitted = run_script("ex_1.py", "--smoke", "--dataset", "cifar10", "--sweep", "lr=0.001", "--epochs", "40",
+                           "--batch-size", "16", "--save-every", "0", "--name", "g", "--data-dir", smoke_data,
+                           "--out", str(tmp_path), "--launcher", "slurm", "--slurm-cpus", "1", timeout=120)
+    assert submitted.returncode == 0, submitted.stderr[-2000:]
+    job = submitted.stdout.split("as Slurm job array ")[1].split()[0]
+    plan_dir = str(tmp_path / "sweeps" / "g")
+    (member,) = _members(plan_dir).values()
+    _wait_for_log(member, "epoch   1/40")
+    (task,) = json.load(open(os.path.join(plan_dir, "sweep.json")))["launcher"]["slurm_jobs"].values()
+    shutil.rmtree(os.path.join(plan_dir, "slurm"))
+    subprocess.run(["scancel", "--signal=TERM", task], check=True, timeout=30)  # (one member: no array)
+    _wait_until_gone(job)
+    log = open(os.path.join(member, "log.txt")).read()
+    assert "not requeued: its Slurm folder is gone" in log and f"--resume {plan_dir}" in log, log[-2000:]
+    assert json.load(open(os.path.join(member, "train.json")))["status"] == "interrupted"
