@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 from dataclasses import dataclass
 
@@ -136,6 +137,7 @@ def resolve(experiment: str, script_recipe: Recipe, description: str, argv: list
     recipe = resolved_recipe(recipe)
     check_combination(parser.error, recipe, options, given)
     _check_launch(parser, launch, given)
+    _check_sweep(parser, recipe, options, launch, given)
     return Command(experiment, resolved_recipe(script_recipe), recipe, options, launch, frozenset(given))
 
 
@@ -150,6 +152,14 @@ def _check_launch(parser, launch: Launch, given: dict) -> None:
             parser.error(f"--sweep {name}=... is given twice, or beside {flag(name)}: give its values once")
     if launch.launcher == "local" and any(n.startswith("slurm_") for n in given):
         parser.error("the --slurm-* flags go with --launcher slurm")
+
+
+def _check_sweep(parser, recipe: Recipe, options: Options, launch: Launch, given: dict) -> None:
+    """Every combination of swept values must make a recipe that can run, before the plan is made."""
+    swept = set(given) | {name for name, _ in launch.sweep}
+    for combo in itertools.product(*(values for _, values in launch.sweep)):
+        values = {name: value for (name, _), value in zip(launch.sweep, combo)}
+        check_combination(parser.error, dataclasses.replace(recipe, **values), options, swept)
 
 
 def _check_resume(parser, given: dict) -> None:

@@ -64,7 +64,7 @@ class Run:
 
     @property
     def complete(self) -> bool:
-        return self.status == "completed"
+        return self.status == runfolder.COMPLETED
 
 
 def read_run(run_dir: str) -> Run:
@@ -77,13 +77,13 @@ def read_run(run_dir: str) -> Run:
         return Run(run_dir, "not started (no train.json)", record)
     try:
         train = runfolder.read_train(run_dir)
-        if train["status"] != "completed":
+        if train["status"] != runfolder.COMPLETED:
             return Run(run_dir, train["status"], record, train)
         if len(train["epochs"]) != record.recipe.epochs:
             return Run(run_dir, "damaged: train.json's epochs do not match config.json", record, train)
         if not runfolder.is_complete(run_dir):
             return Run(run_dir, "no test.json (stopped while testing?)", record, train)
-        return Run(run_dir, "completed", record, train, runfolder.read_test(run_dir))
+        return Run(run_dir, runfolder.COMPLETED, record, train, runfolder.read_test(run_dir))
     except UserError as e:
         return Run(run_dir, f"damaged: {first_line(e)}", record)
 
@@ -415,22 +415,22 @@ def reference_rows(rows: list) -> list:
 def reference_table(rows: list) -> str:
     """README's results: each script's own recipe (on real data) beside the report's figure, per cell."""
     lines = ["| experiment | dataset | n (seeds) | test acc, mean ± std | 95% CI of the mean | report | report inside our "
-             "95% prediction interval? | AUC (hard labels), mean ± std | report's AUC |", "|" + "---|" * 9]
+             "95% prediction interval? |", "|" + "---|" * 7]
     measured = {(row.record.experiment, row.record.dataset): row for row in reversed(reference_rows(rows))}
     for experiment, cells in REPORT.items():
         for dataset, report in cells.items():
             row = measured.get((experiment, dataset))
             head = f"| {experiment} | {DATASET_LABELS[dataset]} |"
             if row is None:
-                lines.append(f"{head} 0 | not measured | — | {report['accuracy']:.4f} | — | — | {report['auc']:.4f} |")
+                lines.append(f"{head} 0 | not measured | — | {report['accuracy']:.4f} | — |")
                 continue
-            accs, hard = row.values("test_accuracy"), row.values("auc_hard_labels")
+            accs = row.values("test_accuracy")
             ci, pi = stats.mean_ci(accs), stats.prediction_interval(accs)
             inside = "—" if pi.low is None else \
                 f"{'yes' if pi.low <= report['accuracy'] <= pi.high else 'no'} [{pi.low:.4f}, {pi.high:.4f}]"
             lines.append(f"{head} {len(accs)} ({','.join(str(r.record.options.seed) for r in row.runs)}) "
                          f"| {_mean_std(accs)} | {'—' if ci.low is None else f'[{ci.low:.4f}, {ci.high:.4f}]'} "
-                         f"| {report['accuracy']:.4f} | {inside} | {_mean_std(hard)} | {report['auc']:.4f} |")
+                         f"| {report['accuracy']:.4f} | {inside} |")
     return "\n".join(lines) + "\n"
 
 

@@ -24,7 +24,7 @@ from typing import Any, Callable
 from common.augment import AUGMENTATIONS
 from common.errors import UserError
 from common.models import MODELS
-from common.optimizers import OPTIMIZERS
+from common.optimizers import OPTIMIZERS, weight_decay_help
 from common.schedules import SCHEDULES
 
 DATASETS = ("cifar10", "cifar100")
@@ -140,7 +140,7 @@ class Recipe:
                            "images", "batch {value}")
     optimizer: str = knob("adam", "optimizer, by name (common/optimizers.py)", choice(OPTIMIZERS), show="{value}")
     lr: float = knob(1e-3, "peak learning rate", number(float, 0, FLOAT32_MAX, inclusive=False), show="lr {value:g}")
-    weight_decay: float = knob(1e-4, "weight decay: an L2 term for adam and sgd, decoupled for adamw and lion",
+    weight_decay: float = knob(1e-4, weight_decay_help(),
                                number(float, 0, FLOAT32_MAX), show="weight decay {value:g}")
     scheduler: str = knob("none", "learning-rate schedule, by name (common/schedules.py)", choice(SCHEDULES),
                           show="schedule {value}")

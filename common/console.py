@@ -8,6 +8,8 @@ import sys
 
 from common.errors import os_reason
 
+LOG_INTERVAL_ENV = "CIFAR_LOG_INTERVAL_S"  # seconds between progress lines when not on a terminal (default 30)
+
 
 class TolerantStream:
     """A text stream whose write or flush failure silences it (the fd is pointed at /dev/null,

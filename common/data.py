@@ -43,10 +43,6 @@ class DatasetSpec:
     names_key: str
     num_classes: int
 
-    @property
-    def run_folder(self) -> str:
-        return {"cifar10": "cifar_10", "cifar100": "cifar_100"}[self.name]
-
     def url(self) -> str:
         base = os.environ.get(MIRROR_ENV) or OFFICIAL_BASE_URL
         if "://" not in base:  # a plain folder holding the archives
@@ -188,9 +184,9 @@ def download_archive(spec: DatasetSpec, data_dir: str) -> None:
             fetch(url, archive, "md5", spec.md5, what=f"{spec.name} archive", max_bytes=spec.size)
         except UserError as e:
             raise UserError(f"{e}. {spec.name} is not in {os.path.abspath(os.path.join(data_dir, spec.folder))}; "
-                            f"ways out: unpack {spec.archive} into {os.path.abspath(data_dir)} yourself, set "
-                            f"{MIRROR_ENV} to a folder or URL that holds it, or try the script offline with "
-                            f"--smoke") from None
+                            f"ways out: copy {spec.archive} into a folder and give --data-dir FOLDER (it is "
+                            f"md5-checked and unpacked there), set {MIRROR_ENV} to a folder or URL that holds it, "
+                            f"or try the script offline with --smoke") from None
     _unpack(archive, data_dir, spec)
 
 

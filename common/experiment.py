@@ -4,9 +4,11 @@
     resume(run_dir)                             # continue an interrupted one in place
 
 Both are plain functions for use from Python: they install no signal handler, never exit
-the process and leave stdout alone. A user's mistake raises common.errors.UserError; a stop
-(Ctrl-C, or a signal the caller turned into KeyboardInterrupt) marks the run interrupted and
-propagates. The epoch loop lives here, in the open; the pieces come from common.*.
+the process, leave stdout alone and take no lock (every command reaches them through
+common.member.run_member, which holds the run folder's lock). A user's mistake raises
+common.errors.UserError; a stop (Ctrl-C, or a signal the caller turned into KeyboardInterrupt)
+marks the run interrupted and propagates. The epoch loop lives here, in the open; the pieces
+come from common.*.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from common.metrics import classification_metrics
 from common.models import MODELS, build_model, count_parameters
 from common.torchfiles import load_state
 from common.optimizers import build_optimizer
+from common.plan import resume_command, script_path
 from common.train import epoch_seed, evaluate, predict, steps_per_epoch, train_one_epoch
 
 
@@ -59,6 +62,11 @@ class Session:
         return f"{self.experiment} {self.dataset} seed {self.options.seed}"
 
     @property
+    def title(self) -> str:
+        """The plots' titles: a --smoke run's say that its data is synthetic."""
+        return self.tag + (" (synthetic data, --smoke)" if self.options.smoke else "")
+
+    @property
     def split(self) -> dict:
         return {"train": len(self.train_idx), "val": len(self.val_idx), "test": len(self.data.test_y),
                 "split_seed": self.recipe.split_seed}
@@ -69,67 +77,47 @@ def run(experiment: str, recipe: Recipe, options: Options, dataset: str, run_dir
     """Train on the 45k split, pick the best epoch on the 5k validation split, test it once.
 
     run_dir: None for a new timestamped folder under options.out; else this folder (created if
-    missing; an interrupted run in it is resumed, a complete one is an error).
+    missing; one that holds a run already is an error: resume it).
     """
     if run_dir and os.path.isfile(runfolder.path(run_dir, runfolder.CONFIG)):
-        _check_same_run(run_dir, recipe, options)
-        return resume(run_dir, options.device, experiment=experiment)
+        raise UserError(f"{run_dir} holds a run already; continue it with "
+                        f"{resume_command(script_path(experiment), run_dir)}")
     recipe = resolved_recipe(recipe)  # the model's normalization where the recipe leaves it open
     session = prepare(experiment, recipe, options, dataset)
     if not distributed.is_main():
         return _fit_and_test(session, distributed.broadcast(None))
-    if run_dir:
-        os.makedirs(run_dir, exist_ok=True)
     folder = run_dir or runfolder.create(os.path.join(options.out, runfolder.DATASET_FOLDERS[dataset]))
-    with runfolder.locked(folder):
-        runfolder.claim(folder)
-        _write_new_run(session, folder, resolved_recipe(script_recipe or recipe))
-        return _fit_and_test(session, distributed.broadcast(folder))
+    os.makedirs(folder, exist_ok=True)
+    runfolder.claim(folder)
+    _write_new_run(session, folder, resolved_recipe(script_recipe or recipe))
+    return _fit_and_test(session, distributed.broadcast(folder))
 
 
-def _check_same_run(run_dir: str, recipe: Recipe, options: Options) -> None:
-    """A plan's member resumed from its run folder: the plan (sweep.json) and the folder's config.json
-    must describe the same run, or the plan was edited after the run started."""
-    record = runfolder.read_config(run_dir)
-    wanted = {**to_dict(resolved_recipe(recipe)), "seed": options.seed}
-    started = {**to_dict(record.recipe), "seed": record.options.seed}
-    differ = [name for name in wanted if wanted[name] != started.get(name)]
-    if differ:
-        raise UserError(f"{run_dir} was started with {', '.join(f'{n} {started.get(n)!r}' for n in differ)}, but its "
-                        f"plan now says {', '.join(f'{n} {wanted[n]!r}' for n in differ)}: put the plan back, or "
-                        f"start a new plan for the new values")
-
-
-def resume(run_dir: str, device: str | None = None, experiment: str | None = None) -> str:
+def resume(run_dir: str, device: str | None = None) -> str:
     """Continue run_dir from its last.pth with the recipe and options it was started with
     (`device` may differ); the data and the process count must be what they were."""
     record = runfolder.read_config(run_dir)
-    if experiment and record.experiment != experiment:
-        raise UserError(f"{run_dir} is a run of {record.experiment}, not {experiment}; resume it with "
-                        f"python {script_path(record.experiment)} --resume {shlex.quote(run_dir)}")
     options = dataclasses.replace(record.options, device=device or record.options.device)
-    with runfolder.locked(run_dir) if distributed.is_main() else contextlib.nullcontext():
-        if runfolder.is_complete(run_dir):
-            raise UserError(f"{run_dir} is complete (it has {runfolder.TEST}); start a new run instead")
-        checkpoint = runfolder.load_last(run_dir, record.experiment, record.dataset, record.recipe.epochs)
-        if record.processes != distributed.world_size():
-            raise UserError(f"{run_dir} was trained by {record.processes} process(es), this is "
-                            f"{distributed.world_size()}: resume it as it was started (torchrun --nproc_per_node="
-                            f"{record.processes}), or the numbers would change")
-        session = prepare(record.experiment, record.recipe, options, record.dataset, record=record)
-        if checkpoint is not None:
-            runfolder.restore_state(run_dir, checkpoint, session.state, record.recipe.lr)
-        if distributed.is_main():
-            runfolder.claim(run_dir)
-            remove_stale_temp_files(run_dir)  # of writes cut short by a SIGKILL
-            runfolder.record_resume(run_dir, record.raw, session.state.saved_epochs, REPO_ROOT,
-                                    str(session.device))
-        print(f"resuming {run_dir} from {'last.pth, epoch ' + str(session.state.saved_epochs) if checkpoint else 'the start'}"
-              f" ({record.recipe.epochs} epochs planned)", flush=True)
-        if record.defaulted:
-            print(f"  {runfolder.CONFIG} lacks {', '.join(record.defaulted)} (written by an older version): "
-                  f"read with their defaults", flush=True)
-        return _fit_and_test(session, run_dir)
+    if runfolder.is_complete(run_dir):
+        raise UserError(f"{run_dir} is complete (it has {runfolder.TEST}); start a new run instead")
+    checkpoint = runfolder.load_last(run_dir, record.experiment, record.dataset, record.recipe.epochs)
+    if record.processes != distributed.world_size():
+        raise UserError(f"{run_dir} was trained by {record.processes} process(es), this is "
+                        f"{distributed.world_size()}: resume it as it was started (torchrun --nproc_per_node="
+                        f"{record.processes}), or the numbers would change")
+    session = prepare(record.experiment, record.recipe, options, record.dataset, record=record)
+    if checkpoint is not None:
+        runfolder.restore_state(run_dir, checkpoint, session.state, record.recipe.lr)
+    if distributed.is_main():
+        runfolder.claim(run_dir)
+        remove_stale_temp_files(run_dir)  # of writes cut short by a SIGKILL
+        runfolder.record_resume(run_dir, record.raw, session.state.saved_epochs, REPO_ROOT, str(session.device))
+    print(f"resuming {run_dir} from {'last.pth, epoch ' + str(session.state.saved_epochs) if checkpoint else 'the start'}"
+          f" ({record.recipe.epochs} epochs planned)", flush=True)
+    if record.defaulted:
+        print(f"  {runfolder.CONFIG} lacks {', '.join(record.defaulted)} (written by an older version): "
+              f"read with their defaults", flush=True)
+    return _fit_and_test(session, run_dir)
 
 
 def prepare(experiment: str, recipe: Recipe, options: Options, dataset: str, record=None) -> Session:
@@ -195,7 +183,7 @@ def _write_new_run(s: Session, run_dir: str, script_recipe: Recipe) -> None:
         count_parameters(s.state.model), s.data.classes, data, s.split, distributed.world_size()))
     runfolder.write_text(run_dir, runfolder.SUMMARY, s.summary + "\n")
     _save(s, run_dir, improved=False)
-    write_train_json(s, run_dir, "running")
+    write_train_json(s, run_dir, runfolder.RUNNING)
 
 
 def _save(s: Session, run_dir: str, improved: bool) -> None:
@@ -210,13 +198,12 @@ def _fit_and_test(s: Session, run_dir: str) -> str:
     try:
         fit(s, run_dir, writer)
         evaluate_best_checkpoint(s, run_dir, writer)
-    except KeyboardInterrupt as e:
+    except KeyboardInterrupt:
         with stopping.cleaning_up():
-            write_train_json(s, run_dir, "interrupted")
-        e.run_dir, e.saved_epochs = run_dir, s.state.saved_epochs  # for the caller's message
+            write_train_json(s, run_dir, runfolder.INTERRUPTED)
         raise
     except BaseException as e:
-        write_train_json(s, run_dir, "failed", error=first_line(e, 1000), diverged=isinstance(e, Diverged))
+        write_train_json(s, run_dir, runfolder.FAILED, error=first_line(e, 1000), diverged=isinstance(e, Diverged))
         raise
     finally:
         if writer is not None:
@@ -247,11 +234,11 @@ def fit(s: Session, run_dir: str, writer=None) -> None:
         state.history.append(epoch_record(epoch + 1, train, val, lrs[0]))
         if distributed.is_main():
             _save(s, run_dir, improved)
-            write_train_json(s, run_dir, "running")
+            write_train_json(s, run_dir, runfolder.RUNNING)
             plot_curves(s, run_dir)
         log_epoch(s.tag, recipe.epochs, state.history[-1], improved, writer)
         stopping.check()  # matplotlib's finalizers may have dropped a stop signal's exception
-    write_train_json(s, run_dir, "completed")
+    write_train_json(s, run_dir, runfolder.COMPLETED)
 
 
 def epoch_record(epoch: int, train: dict, val: dict, lr: float) -> dict:
@@ -265,8 +252,8 @@ def epoch_record(epoch: int, train: dict, val: dict, lr: float) -> dict:
 def plot_curves(s: Session, run_dir: str) -> None:
     """loss.png and accuracy.png, redrawn after every epoch: a running or interrupted run shows them."""
     history = s.state.history[: s.state.saved_epochs]
-    plots.plot_curves(history, "loss", "cross-entropy loss", f"{s.tag}: loss", runfolder.path(run_dir, runfolder.LOSS_PNG))
-    plots.plot_curves(history, "accuracy", "accuracy", f"{s.tag}: accuracy",
+    plots.plot_curves(history, "loss", "cross-entropy loss", f"{s.title}: loss", runfolder.path(run_dir, runfolder.LOSS_PNG))
+    plots.plot_curves(history, "accuracy", "accuracy", f"{s.title}: accuracy",
                       runfolder.path(run_dir, runfolder.ACCURACY_PNG))
 
 
@@ -279,7 +266,7 @@ def write_train_json(s: Session, run_dir: str, status: str, error: str | None = 
     try:
         runfolder.write_json(runfolder.path(run_dir, runfolder.TRAIN), summary)
     except UserError:
-        if status == "running":
+        if status == runfolder.RUNNING:
             raise
         # Already stopping (a full disk, say): the reason that stopped us is the one to report.
 
@@ -340,7 +327,7 @@ def evaluate_best_checkpoint(s: Session, run_dir: str, writer=None) -> dict:
         plots.plot_test_set({"confusion": runfolder.path(run_dir, runfolder.CONFUSION_PNG),
                             "errors": runfolder.path(run_dir, runfolder.ERRORS_PNG),
                             "calibration": runfolder.path(run_dir, runfolder.CALIBRATION_PNG)},
-                           s.data, probs.numpy(), metrics, s.tag, writer)
+                           s.data, probs.numpy(), metrics, s.title, writer)
         if writer is not None:
             write_hparams(writer, s, result)
         runfolder.write_json(runfolder.path(run_dir, runfolder.TEST), result)
@@ -372,12 +359,6 @@ def write_hparams(writer, s: Session, result: dict) -> None:
     """The recipe and the test metrics, so TensorBoard's HParams view can compare runs."""
     metrics = {f"hparams/test_{k}": result[k] for k in ("accuracy", "loss", "f1", "top5_accuracy")}
     writer.add_hparams(hparams(s), metrics, run_name=".")
-
-
-def script_path(experiment: str) -> str:
-    """How to name ex_N.py in a command: relative when the repo is the current folder."""
-    path = os.path.join(REPO_ROOT, experiment + ".py")
-    return os.path.relpath(path) if os.path.abspath(os.getcwd()) == REPO_ROOT else shlex.quote(path)
 
 
 def model_summary(model: torch.nn.Module, image_size: int) -> str:

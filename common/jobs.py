@@ -7,11 +7,13 @@ running / left, elapsed time and an ETA from the epochs done. Ctrl-C or SIGTERM 
 member cleanly (each marks its run interrupted); if this process is killed outright, the
 kernel sends each member SIGTERM (PR_SET_PDEATHSIG), so no member trains on unwatched.
 A member that fails in training does not stop the others; one that fails before training
-(data, device, disk) stops new starts, since every other would fail the same way.
+(data, device, disk) stops new starts, since every other would fail the same way. Each
+member's outcome is read from its run folder (common.member.outcome) and its exit code.
 """
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import signal
 import subprocess
@@ -20,7 +22,8 @@ import time
 
 from common import REPO_ROOT, plan, runfolder, stopping
 from common.errors import UserError
-from common.train import LOG_INTERVAL_ENV
+from common.console import LOG_INTERVAL_ENV
+from common.plan import Outcome, outcome
 TTY_REFRESH_S, LOG_REFRESH_S = 1.0, 60.0
 STOP_WAIT_S = 120  # a member stops within seconds of SIGTERM; past this it is killed
 
@@ -34,18 +37,17 @@ def _die_with_parent() -> None:
 
 
 def start_member(the_plan: plan.Plan, member: plan.Member, threads: int) -> subprocess.Popen:
+    """`python -m common.member`: its console goes to its log.txt; an error before that reaches ours."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1", **{LOG_INTERVAL_ENV: "5"})
     return subprocess.Popen([sys.executable, "-m", "common.member", the_plan.folder, member.id], cwd=REPO_ROOT,
-                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=_die_with_parent)
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent)
 
 
-def run_parallel(the_plan: plan.Plan, jobs: int) -> dict:
-    """{member id: None (done) or its error} for the members this call ran."""
-    todo = [m for m in the_plan.members if plan.member_status(m) not in ("completed", "running")]
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+def run_parallel(the_plan: plan.Plan, members: list, jobs: int) -> list:
+    """The local-processes executor: `members`, `jobs` at a time; their Outcomes."""
+    todo, threads = list(members), max(1, (os.cpu_count() or 1) // jobs)
     view = LiveView(the_plan, len(todo), jobs, threads)
-    running, outcomes, stopping_error = {}, {}, None
+    running, outcomes, stopping_error = {}, [], None
     try:
         while todo or running:
             while todo and len(running) < jobs and stopping_error is None:
@@ -55,18 +57,18 @@ def run_parallel(the_plan: plan.Plan, jobs: int) -> dict:
             for member_id, (proc, member) in list(running.items()):
                 if proc.poll() is not None:
                     del running[member_id]
-                    outcomes[member_id], fatal = outcome(proc, member)
-                    view.event(f"{'done' if outcomes[member_id] is None else 'stopped'} {member_id}: "
-                               f"{summary_words(member, outcomes[member_id])}")
+                    result, fatal = finished(proc, member)
+                    outcomes.append(result)
+                    view.event(f"{'done' if result.status == runfolder.COMPLETED else 'stopped'} {member_id}: "
+                               f"{summary_words(result)}")
                     stopping_error = stopping_error or fatal
             if stopping_error:
                 todo.clear()
             view.draw([m for _, m in running.values()], len(todo), len(outcomes))
             time.sleep(0.25)
             stopping.check()
-    except KeyboardInterrupt as e:
+    except KeyboardInterrupt:
         stop_all(running, view)
-        e.plan_dir = the_plan.folder
         raise
     finally:
         view.close()
@@ -75,37 +77,29 @@ def run_parallel(the_plan: plan.Plan, jobs: int) -> dict:
     return outcomes
 
 
-def outcome(proc: subprocess.Popen, member: plan.Member) -> tuple:
-    """(None, None) done; (error, None) a failure in training; (error, error) a failure before it."""
-    stderr = proc.stderr.read() if proc.stderr else ""
-    if proc.returncode in (0, runfolder.BUSY_EXIT):  # done, or another process trains it: no failure of this plan
-        return None, None
-    errors = [line[len("error: "):] for line in stderr.splitlines() if line.startswith("error: ")]
-    status = plan.member_status(member)
-    if proc.returncode == 1 and status != "failed" and errors:
-        return errors[-1], f"{member.id}: {errors[-1]}"
-    if status == "failed":
-        return _train_error(member) or "failed", None
-    return errors[-1] if errors else f"{status} (exit code {proc.returncode})", None
+def finished(proc: subprocess.Popen, member: plan.Member) -> tuple:
+    """(its Outcome, None) or, for a failure before its training, (its Outcome, the error that stops the plan)."""
+    if proc.returncode == runfolder.BUSY_EXIT:
+        return Outcome(member, runfolder.RUNNING), None  # another process trains it: no failure of this plan
+    result = outcome(member)
+    if proc.returncode == 1 and result.status != runfolder.FAILED:
+        error = last_line(runfolder.path(member.run_dir, runfolder.LOG))
+        error = error[len("error: "):] if error.startswith("error: ") else f"exit code 1 (its error is printed above)"
+        return dataclasses.replace(result, error=error), f"{member.id}: {error}"
+    if proc.returncode not in (0, 1) and result.error is None:
+        result = dataclasses.replace(result, error=f"{result.status} (exit code {proc.returncode})")
+    return result, None
 
 
-def _train_error(member: plan.Member) -> str | None:
-    try:
-        return runfolder.read_json(runfolder.path(member.run_dir, runfolder.TRAIN)).get("error")
-    except UserError:
-        return None
-
-
-def summary_words(member: plan.Member, error: str | None) -> str:
-    if error is not None:
-        return error
-    if not runfolder.is_complete(member.run_dir):
+def summary_words(result: Outcome) -> str:
+    if result.error is not None:
+        return result.error
+    if result.status == runfolder.RUNNING:
         return "running elsewhere (skipped)"
     try:
-        test = runfolder.read_test(member.run_dir)
-        return f"test accuracy {test['accuracy']:.4f}"
+        return f"test accuracy {runfolder.read_test(result.member.run_dir)['accuracy']:.4f}"
     except UserError:
-        return "complete"
+        return result.status
 
 
 def stop_all(running: dict, view) -> None:

@@ -1,11 +1,16 @@
-"""One member of a plan, in a process of its own: `python -m common.member PLAN_DIR MEMBER_ID`.
+"""The one member runner: every command's runs go through `run_member`, whatever executes them.
 
-What `--jobs N` starts for each member and what each Slurm array task runs: it takes the
-member's lock (a second process on the same run folder is refused in one line and changes
-nothing), sends its console output to the run folder's log.txt, and runs or resumes the
-member with the recipe and options that sweep.json holds. Exit codes as the scripts', and
-runfolder.BUSY_EXIT when another process holds the member's lock (it is running elsewhere: no failure).
-A member started by --jobs also stops (as on SIGTERM) once its launcher is gone.
+    run_member(plan, member)     # run or resume it, under its lock; returns its Outcome
+    run_inline(plan, members)    # the inline executor: one after another in this process
+    python -m common.member PLAN_DIR MEMBER_ID   # one member in a process of its own (--jobs, Slurm)
+
+`run_member` decides run or resume once (a config.json in its folder: resume, on the member's
+device), takes the folder's lock once (a second process is refused: Busy), sends the console
+to the folder's log.txt for a plan's member in a process of its own, and reads the Outcome
+back from train.json. A failure in training is the member's (its train.json says failed); one
+before training (data, device, disk) would stop every member alike, so it propagates. In a
+process of its own, a member stops (as on SIGTERM) once the launcher that started it is gone;
+it exits 0, 1, 128 + signal, or runfolder.BUSY_EXIT when another process holds its lock.
 """
 from __future__ import annotations
 
@@ -14,17 +19,23 @@ import os
 import signal
 import sys
 
-from common import experiment, plan, runfolder
+from common import distributed, experiment, plan, runfolder
+from common.config import resolved_recipe, to_dict
 from common.devices import request_huge_pages
 from common.errors import UserError
 from common.files import FILE_MODE
 from common.stopping import STOP_SIGNALS, Stopped, end_quietly, stop_on_signals
 
+MEMBER_SIGNALS = STOP_SIGNALS + (signal.SIGUSR2,)  # Slurm's time-out warning stops a member too
+
 
 @contextlib.contextmanager
-def output_to(log_path: str):
+def output_to(log_path: str | None):
     """stdout and stderr (the file descriptors, so tqdm and C libraries too) appended to log_path,
-    put back afterwards."""
+    put back afterwards; None: left alone."""
+    if log_path is None:
+        yield
+        return
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
@@ -42,50 +53,102 @@ def output_to(log_path: str):
             os.close(original)
 
 
-def run_member(plan_dir: str, member_id: str, when_stopped=lambda: "") -> str:
-    """Run (or resume, or skip if complete) one member under its lock, its output in log.txt;
-    `when_stopped()`: what its log says happens next if a signal stops it (asked once it stopped)."""
-    the_plan = plan.read_plan(plan_dir)
-    member = the_plan.member(member_id)
-    if runfolder.is_complete(member.run_dir):
-        print(f"{member.id}: complete (skipped)")
-        return member.run_dir
+def run_member(the_plan: plan.Plan, member: plan.Member, log: bool = False, when_stopped=lambda: "") -> plan.Outcome:
+    """Run or resume one member under its lock; `log`: its console to log.txt; `when_stopped()`: what
+    its log says happens next if a signal stops it. Busy and failures before training propagate
+    for a lone run; for a kept plan, Busy is the outcome RUNNING (another process trains it)."""
+    created = not os.path.isdir(member.run_dir)
     os.makedirs(member.run_dir, exist_ok=True)
+    try:
+        with _lock(member.run_dir), output_to(runfolder.path(member.run_dir, runfolder.LOG) if log else None):
+            if log:
+                print(f"=== {member.id} ({runfolder.holder_description()})", flush=True)
+            _run_or_resume(the_plan, member, log, when_stopped)
+    except runfolder.Busy:
+        if not the_plan.kept:
+            raise
+        return plan.Outcome(member, runfolder.RUNNING)
+    except UserError:
+        if not the_plan.kept or plan.member_status(member) != runfolder.FAILED:
+            raise  # a lone run's error is the command's; one before training would stop every member alike
+    finally:
+        if created and os.path.isdir(member.run_dir) and not os.listdir(member.run_dir):
+            os.rmdir(member.run_dir)  # stopped or refused before anything was written
+    return plan.outcome(member)
+
+
+def _lock(run_dir: str):
+    """The member's lock: taken by torchrun's rank 0 alone (its peers follow it)."""
+    return runfolder.locked(run_dir) if distributed.is_main() else contextlib.nullcontext()
+
+
+def _run_or_resume(the_plan: plan.Plan, member: plan.Member, log: bool, when_stopped) -> None:
+    try:
+        if os.path.isfile(runfolder.path(member.run_dir, runfolder.CONFIG)):
+            if the_plan.kept:
+                check_same_run(member)
+            experiment.resume(member.run_dir, member.options.device)
+        else:
+            experiment.run(the_plan.experiment, member.recipe, member.options, member.dataset, run_dir=member.run_dir,
+                           script_recipe=the_plan.script_recipe)
+    except Stopped as e:
+        if log:
+            print(f"{member.id}: stopped by {signal.Signals(e.signum).name}{when_stopped()}", flush=True)
+        raise
+    except UserError as e:
+        if log:
+            print(f"error: {e}", file=sys.stderr, flush=True)  # in log.txt, beside what led to it
+        raise
+
+
+def check_same_run(member: plan.Member) -> None:
+    """A kept plan's member resumed from its folder: sweep.json and the folder's config.json must
+    describe the same run, or the plan was edited after the run started."""
+    record = runfolder.read_config(member.run_dir)
+    wanted = {**to_dict(resolved_recipe(member.recipe)), "seed": member.options.seed}
+    started = {**to_dict(record.recipe), "seed": record.options.seed}
+    differ = [name for name in wanted if wanted[name] != started.get(name)]
+    if differ:
+        raise UserError(f"{member.run_dir} was started with {', '.join(f'{n} {started.get(n)!r}' for n in differ)}, "
+                        f"but its plan now says {', '.join(f'{n} {wanted[n]!r}' for n in differ)}: put the plan back, "
+                        f"or start a new plan for the new values")
+
+
+def run_inline(the_plan: plan.Plan, members: list) -> list:
+    """The inline executor: the members one after another in this process; their Outcomes."""
+    outcomes = []
+    for member in members:
+        outcomes.append(run_member(the_plan, member))
+        if outcomes[-1].status == runfolder.FAILED:
+            print(f"error: {member.id}: {outcomes[-1].error}", file=sys.stderr, flush=True)
+    return outcomes
+
+
+def run_alone(plan_dir: str, member_id: str, when_stopped=lambda: "") -> plan.Outcome:
+    """One member in a process of its own (a --jobs child, a Slurm task), its console in log.txt."""
+    the_plan = plan.read_plan(plan_dir)
     threads = os.environ.get("SLURM_CPUS_PER_TASK")
     if threads:  # a Slurm task uses the CPUs it was given
         import torch
 
         torch.set_num_threads(int(threads))
-    with runfolder.locked(member.run_dir), output_to(runfolder.path(member.run_dir, runfolder.LOG)):
-        print(f"=== {member.id} ({runfolder.holder_description()})", flush=True)
-        try:
-            return experiment.run(the_plan.experiment, member.recipe, member.options, member.dataset,
-                                  run_dir=member.run_dir, script_recipe=the_plan.script_recipe)
-        except Stopped as e:
-            print(f"{member.id}: stopped by {signal.Signals(e.signum).name}{when_stopped()}", flush=True)
-            raise
-        except UserError as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)  # in log.txt too, beside what led to it
-            raise
+    return run_member(the_plan, the_plan.member(member_id), log=True, when_stopped=when_stopped)
 
 
 def main(argv: list) -> None:
     if len(argv) != 2:
         sys.exit("usage: python -m common.member PLAN_DIR MEMBER_ID")
     request_huge_pages()
-    stop_on_signals(STOP_SIGNALS + (signal.SIGUSR2,), parent=os.getppid())
+    stop_on_signals(MEMBER_SIGNALS, parent=os.getppid())
     try:
-        run_member(*argv)
-    except runfolder.Busy as e:
-        end_quietly(STOP_SIGNALS + (signal.SIGUSR2,))
-        print(f"busy: {e}", file=sys.stderr, flush=True)
-        sys.exit(runfolder.BUSY_EXIT)
+        result = run_alone(*argv)
     except UserError as e:
-        end_quietly(STOP_SIGNALS + (signal.SIGUSR2,))  # the launcher may stop it while it exits: no traceback
+        end_quietly(MEMBER_SIGNALS)  # the launcher may stop it while it exits: no traceback
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
     except KeyboardInterrupt as e:
         sys.exit(128 + getattr(e, "signum", signal.SIGINT))
+    sys.exit({runfolder.RUNNING: runfolder.BUSY_EXIT, runfolder.FAILED: 1}.get(result.status, 0))
 
 
 if __name__ == "__main__":

@@ -42,9 +42,13 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, class_nam
         "auc_hard_labels": hard_label_auc(confusion),
         "ece": expected_calibration_error(probs, y),
         "num_images": int(len(y)),
+        # what the numbers above are, for a reader of test.json
+        "averaging": "precision, recall, f1 and auc are macro means over classes (each class counts the same); "
+                     "auc is one-vs-rest from probabilities, auc_hard_labels the report's (from the predicted labels)",
         "per_class": {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
                       for name, p, r, f, s in zip(class_names, p_c, r_c, f_c, s_c)},
         "confusion_matrix": confusion.tolist(),
+        "confusion_matrix_axes": "rows: true class, columns: predicted class, both in the order of per_class",
     }
 
 

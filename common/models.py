@@ -1,6 +1,6 @@
 """Models by name: MODELS maps a name to its builder and the facts the rest of the repo needs.
 
-An entry says how to build the network for (classes, image size), its label in tables, its
+An entry says how to build the network for (classes, image size), its
 default input normalization, the size of its --smoke data, its memory layout on a CPU and,
 where there are any, its pretrained weights (URL and sha256 prefix). Adding a model is one
 entry here; `--model NAME` and every table pick it up.
@@ -135,7 +135,6 @@ class PretrainedWeights:
 @dataclass(frozen=True)
 class ModelEntry:
     build: Callable  # (num_classes, image_size, state dict or None, its source) -> nn.Module
-    label: str
     normalization: tuple  # (mean, std) per channel for inputs in [0, 1], unless the recipe gives its own
     smoke_data: str       # "small" or "tiny": the --smoke data set (common.data.SMOKE_SIZES)
     cpu_channels_last: bool  # the memory layout the benchmark found faster on a CPU (docs/performance.md)
@@ -155,14 +154,14 @@ def _plain(cls):
 
 MODELS = {
     # 5x5 convolutions: contiguous memory is faster on a CPU (benchmark, EX-1)
-    "tutorial_cnn": ModelEntry(_plain(TutorialCNN), "tutorial CNN", CIFAR_HALF, "small", False, 14),
+    "tutorial_cnn": ModelEntry(_plain(TutorialCNN), CIFAR_HALF, "small", False, 14),
     # 3x3 convolutions: channels_last is faster on a CPU (benchmark, EX-2)
-    "three_block_cnn": ModelEntry(_plain(ThreeBlockCNN), "3-block CNN", CIFAR_HALF, "small", True),
+    "three_block_cnn": ModelEntry(_plain(ThreeBlockCNN), CIFAR_HALF, "small", True),
     # 3x3 convolutions like the 3-block CNN's; its CPU layout is not benchmarked
-    "resnet18": ModelEntry(_plain(CifarResNet18), "ResNet-18 (CIFAR)", CIFAR_HALF, "tiny", True),
+    "resnet18": ModelEntry(_plain(CifarResNet18), CIFAR_HALF, "tiny", True),
     # 20M parameters, slow on a CPU: the tiny smoke data keeps its --smoke run short
     "efficientnet_v2_s": ModelEntry(
-        efficientnet_v2_s, "EfficientNetV2-S", IMAGENET, "tiny", False,
+        efficientnet_v2_s, IMAGENET, "tiny", False,
         weights=PretrainedWeights("https://download.pytorch.org/models/efficientnet_v2_s-dd5fe13b.pth",
                                   "dd5fe13b", 200 * 2**20)),
 }

@@ -29,5 +29,12 @@ OPTIMIZERS = {
 }
 
 
+def weight_decay_help() -> str:
+    """--weight-decay's help, from the entries: which optimizers add it to the gradient, which decouple it."""
+    kinds = {kind: [name for name, e in OPTIMIZERS.items() if e.weight_decay == kind] for kind in ("coupled", "decoupled")}
+    return (f"weight decay: an L2 term added to the gradient for {' and '.join(kinds['coupled'])}, decoupled "
+            f"(w -= lr * wd * w) for {' and '.join(kinds['decoupled'])}")
+
+
 def build_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     return OPTIMIZERS[name].build(params, lr, weight_decay)

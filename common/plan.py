@@ -12,18 +12,20 @@ can run any member; a member's own run folder, under its lock, is the truth abou
 complete (test.json), running (its lock is held), interrupted or failed (train.json), or not
 started. Running the plan again (--resume PLAN_DIR, or the same command with the same --name)
 skips complete members, resumes interrupted ones from last.pth and starts the rest.
+
+Every command is a plan: a lone run and `--resume RUN_DIR` are one-member plans that are not
+kept (no sweep.json); `todo()` is the one place that decides which members are left to run.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import itertools
-import json
 import os
 import shlex
 from dataclasses import dataclass
 
-from common import provenance, runfolder
+from common import REPO_ROOT, distributed, provenance, runfolder
 from common.config import Options, Recipe, from_dict, to_dict
 from common.errors import UserError
 
@@ -50,6 +52,7 @@ class Plan:
     sweep: tuple       # ((field, (values...)), ...)
     members: tuple
     launcher: dict     # the last launcher's settings ({"kind": "local", "jobs": N} or Slurm's)
+    kept: bool = True  # lives in sweep.json; False: a lone run or --resume RUN_DIR
 
     def member(self, member_id: str) -> Member:
         for member in self.members:
@@ -73,8 +76,8 @@ def stamp() -> str:
     return datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 
 
-def make_plan(command, now: str, check) -> Plan:
-    """The plan of a command line (not yet written). `check(recipe, options)`: a member's usage check."""
+def make_plan(command, now: str) -> Plan:
+    """The plan of a command line (not yet written); its members' values were checked by common.cli."""
     launch = command.launch
     datasets = ("cifar10", "cifar100") if launch.dataset == "all" else (launch.dataset,)
     seeds = launch.seeds or (command.options.seed,)
@@ -86,7 +89,6 @@ def make_plan(command, now: str, check) -> Plan:
         recipe = dataclasses.replace(command.recipe, **{name: value for (name, _), value in zip(sweep, combo)})
         for seed in seeds:
             options = dataclasses.replace(command.options, seed=seed)
-            check(recipe, options)
             for dataset in datasets:
                 words = [f"{name}={_value_words(value)}" for (name, _), value in zip(sweep, combo)]
                 if named:
@@ -96,7 +98,33 @@ def make_plan(command, now: str, check) -> Plan:
                                            now + (f"_seed{seed}" if len(seeds) > 1 else ""))
                 members.append(Member(os.path.relpath(run_dir, folder), dataset, recipe, options, run_dir))
     _check_distinct(members)
-    return Plan(folder, command.experiment, launch.name or now, command.script_recipe, sweep, tuple(members), {})
+    return Plan(folder, command.experiment, launch.name or now, command.script_recipe, sweep, tuple(members), {},
+                kept=named or len(members) > 1 or launch.launcher == "slurm")
+
+
+def from_run_folder(run_dir: str) -> Plan:
+    """--resume RUN_DIR: the one-member plan that its config.json describes (not kept)."""
+    run_dir = os.path.abspath(run_dir)
+    record = runfolder.read_config(run_dir)
+    member = Member(os.path.basename(run_dir), record.dataset, record.recipe, record.options, run_dir)
+    return Plan(os.path.dirname(run_dir), record.experiment, os.path.basename(run_dir),
+                record.script_recipe or record.recipe, (), (member,), {}, kept=False)
+
+
+def with_device(plan: Plan, device: str) -> Plan:
+    """Every member on `device` (a --device given now: where a plan runs may change, not what it runs)."""
+    return dataclasses.replace(plan, members=tuple(
+        dataclasses.replace(m, options=dataclasses.replace(m.options, device=device)) for m in plan.members))
+
+
+def statuses(plan: Plan) -> dict:
+    """{member id: its status now}: what sweep.json records."""
+    return {m.id: member_status(m) for m in plan.members}
+
+
+def todo(plan: Plan) -> list:
+    """The members left to run: neither complete nor running in another process."""
+    return [m for m in plan.members if member_status(m) not in (runfolder.COMPLETED, runfolder.RUNNING)]
 
 
 def _check_distinct(members: list) -> None:
@@ -115,7 +143,7 @@ def plan_record(plan: Plan, statuses: dict | None = None) -> dict:
             "script_recipe": to_dict(plan.script_recipe),
             "sweep": [[name, list(values)] for name, values in plan.sweep], "launcher": plan.launcher,
             "members": [{"id": m.id, "dataset": m.dataset, "run_dir": m.id, "recipe": to_dict(m.recipe),
-                         "options": to_dict(m.options), "status": (statuses or {}).get(m.id, "not started")}
+                         "options": to_dict(m.options), "status": (statuses or {}).get(m.id, runfolder.NOT_STARTED)}
                         for m in plan.members]}
 
 
@@ -179,30 +207,112 @@ def member_status(member: Member) -> str:
     """completed, running (its lock is held), interrupted, failed, running-but-gone (killed), or not started."""
     run_dir = member.run_dir
     if runfolder.is_complete(run_dir):
-        return "completed"
+        return runfolder.COMPLETED
     if runfolder.is_locked(run_dir):
-        return "running"
+        return runfolder.RUNNING
     if not os.path.isfile(runfolder.path(run_dir, runfolder.TRAIN)):
-        return "not started"
+        return runfolder.NOT_STARTED
     try:
         status = runfolder.read_json(runfolder.path(run_dir, runfolder.TRAIN)).get("status")
     except (UserError, AttributeError):
-        return "damaged"
-    return "killed" if status == "running" else str(status)
+        return runfolder.DAMAGED
+    return runfolder.KILLED if status == runfolder.RUNNING else str(status)
 
 
-def resume_command(script: str, plan: Plan) -> str:
-    return f"python {script} --resume {shlex.quote(plan.folder)}"
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """How a member ended this time, as its run folder says: a runfolder status (RUNNING: another
+    process trains it; QUEUED: submitted to Slurm), its error and whether its loss diverged."""
+    member: Member
+    status: str
+    error: str | None = None
+    diverged: bool = False
+
+
+def outcome(member: Member) -> Outcome:
+    """The member's outcome, read from its run folder."""
+    status = member_status(member)
+    try:
+        train = runfolder.read_json(runfolder.path(member.run_dir, runfolder.TRAIN))
+    except UserError:
+        train = {}
+    train = train if isinstance(train, dict) else {}
+    error = train.get("error") if status == runfolder.FAILED else None
+    return Outcome(member, status, error, bool(train.get("diverged")))
+
+
+def resume_command(script: str, target: str) -> str:
+    """The one command that continues a plan or a run folder: what every message prints."""
+    return f"python {script} --resume {shlex.quote(target)}"
+
+
+def script_path(experiment: str) -> str:
+    """How to name ex_N.py in a command: relative when the repo is the current folder."""
+    path = os.path.join(REPO_ROOT, experiment + ".py")
+    return os.path.relpath(path) if os.path.abspath(os.getcwd()) == REPO_ROOT else shlex.quote(path)
+
+
+# --- the command's plan: read, or made (common.launch) ---------------------------------------------
+
+LAUNCHER_FIELDS = {"kind": "launcher", "jobs": "jobs", "slurm_partition": "slurm_partition",
+                   "slurm_time": "slurm_time", "slurm_gpus": "slurm_gpus", "slurm_cpus": "slurm_cpus",
+                   "slurm_parallel": "slurm_parallel"}
+
+
+def of_command(command, script: str) -> Plan:
+    """--resume's plan (a plan folder, or a run folder's one-member plan), or the command's own; with the
+    device and launcher flags given now applied to it, once."""
+    the_plan = _resumed(command) if command.launch.resume else _made(command, script)
+    if "device" in command.given:
+        the_plan = with_device(the_plan, command.options.device)
+    return dataclasses.replace(the_plan, launcher=launcher_settings(the_plan, command))
+
+
+def _resumed(command) -> Plan:
+    target = os.path.abspath(command.launch.resume)
+    kept = os.path.isfile(os.path.join(target, PLAN_FILE))
+    the_plan = read_plan(target) if kept else from_run_folder(target)
+    if the_plan.experiment != command.experiment:
+        raise UserError(f"{target} is a {'plan' if kept else 'run'} of {the_plan.experiment}, not {command.experiment}; "
+                        f"continue it with {resume_command(script_path(the_plan.experiment), target)}")
+    return the_plan
+
+
+def _made(command, script: str) -> Plan:
+    """The command's plan; an unnamed one gets the start time (rank 0's, under torchrun), and a suffix if
+    that is taken. A kept plan named like one on disk continues it, if it has the same members."""
+    now = distributed.broadcast(stamp())
+    for n in range(100):
+        the_plan = make_plan(command, now if n == 0 else f"{now}_{n}")
+        taken = os.path.exists(the_plan.folder) or any(os.path.exists(m.run_dir) for m in the_plan.members)
+        if command.launch.name or not distributed.broadcast(taken):
+            break
+    else:
+        raise UserError(f"could not name a plan under {command.options.out}")
+    if not (the_plan.kept and os.path.isfile(os.path.join(the_plan.folder, PLAN_FILE))):
+        return the_plan
+    stored = read_plan(the_plan.folder)
+    if not same_members(stored, the_plan):
+        raise UserError(f"{the_plan.folder} holds another plan named {the_plan.name!r} (other members); give "
+                        f"another --name, or continue it with {resume_command(script, the_plan.folder)}")
+    return stored
+
+
+def launcher_settings(the_plan: Plan, command) -> dict:
+    """The flags given now, else what the plan's last launcher used, else the defaults."""
+    stored = the_plan.launcher
+    settings = {key: stored.get(key, getattr(command.launch, name)) for key, name in LAUNCHER_FIELDS.items()}
+    settings.update({key: getattr(command.launch, name) for key, name in LAUNCHER_FIELDS.items()
+                     if name in command.given})
+    if stored.get("slurm_jobs"):
+        settings["slurm_jobs"] = stored["slurm_jobs"]  # the array tasks submitted so far (common.slurm)
+    return settings
 
 
 def describe(plan: Plan) -> str:
     fields = ", ".join(f"{name} in {{{', '.join(_value_words(v) for v in values)}}}" for name, values in plan.sweep)
     return (f"plan {plan.name}: {len(plan.members)} member{'s' * (len(plan.members) != 1)}"
             + (f" ({fields})" if fields else "") + f", in {plan.folder}")
-
-
-def dumps(obj) -> str:
-    return json.dumps(obj, sort_keys=True)
 
 
 def main(argv: list) -> None:

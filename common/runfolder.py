@@ -38,7 +38,9 @@ LAST, BEST, SUMMARY, LOG, LOCK = "last.pth", "best.pth", "model_summary.txt", "l
 LOSS_PNG, ACCURACY_PNG = "loss.png", "accuracy.png"
 CONFUSION_PNG, ERRORS_PNG, CALIBRATION_PNG = "confusion_matrix.png", "errors.png", "calibration.png"
 DATASET_FOLDERS = {"cifar10": "cifar_10", "cifar100": "cifar_100"}
-STATUSES = ("running", "completed", "interrupted", "failed")
+STATUSES = RUNNING, COMPLETED, INTERRUPTED, FAILED = ("running", "completed", "interrupted", "failed")  # train.json's
+# A plan member's status beside those (common.plan.member_status): its folder's state seen from outside.
+NOT_STARTED, KILLED, DAMAGED, QUEUED = "not started", "killed", "damaged", "queued"
 CHECKPOINT_FORMAT = "cifar-experiments-checkpoint/2"
 
 
@@ -80,7 +82,8 @@ class Busy(UserError):
 BUSY_EXIT = 75  # EX_TEMPFAIL: a plan member's exit code when another process holds its lock
 
 
-_HELD: dict = {}  # realpath of a held lock file -> [fd, depth]: re-entrant within this process
+_HELD: dict = {}  # realpath of a lock file this process holds -> its fd
+_CLAIMED: set = set()  # of those, the ones whose run went ahead (claim)
 
 
 def holder_description() -> str:
@@ -92,15 +95,11 @@ def holder_description() -> str:
 @contextmanager
 def locked(run_dir: str):
     """Hold run_dir's lock (a POSIX lock: the kernel drops it when the holder dies, even by SIGKILL,
-    so a stale lock file is simply taken over). Held elsewhere: a UserError naming the holder."""
+    so a stale lock file is simply taken over). Held elsewhere: Busy, naming the holder. Taken once
+    per run, by its member runner (common.member); a complete run's lock file is removed on release."""
     lock_path = os.path.realpath(path(run_dir, LOCK))
-    if lock_path in _HELD:
-        _HELD[lock_path][1] += 1
-        try:
-            yield
-        finally:
-            _HELD[lock_path][1] -= 1
-        return
+    if lock_path in _HELD:  # POSIX locks belong to the process: a second fd's close would drop the first's
+        raise RuntimeError(f"{lock_path} is locked by this process already")
     created = not os.path.exists(lock_path)
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
@@ -113,15 +112,18 @@ def locked(run_dir: str):
         os.close(fd)
         raise Busy(f"{run_dir} is being trained by {holder}; two processes must not train one run "
                    f"folder: wait for it, or stop it first") from None
-    _HELD[lock_path] = [fd, 1]
+    _HELD[lock_path] = fd
     try:
         yield
     except BaseException:
-        if created and not os.path.exists(path(run_dir, CONFIG)):
-            os.remove(lock_path)  # refused before anything was written: leave the folder as it was
+        if created and lock_path not in _CLAIMED:
+            os.remove(lock_path)  # refused before the run went ahead: leave the folder as it was
         raise
     finally:
+        if is_complete(run_dir) and os.path.exists(lock_path):
+            os.remove(lock_path)  # nothing will train it again: no lock file left behind
         del _HELD[lock_path]
+        _CLAIMED.discard(lock_path)
         os.close(fd)
 
 
@@ -144,8 +146,13 @@ def is_locked(run_dir: str) -> bool:
 
 
 def claim(run_dir: str) -> None:
-    """Write this process into the held lock file (once the run goes ahead)."""
-    fd = _HELD[os.path.realpath(path(run_dir, LOCK))][0]
+    """Write this process into the lock file it holds (once the run goes ahead); no lock held
+    (experiment.run called from Python, outside a member runner): nothing to write."""
+    lock_path = os.path.realpath(path(run_dir, LOCK))
+    fd = _HELD.get(lock_path)
+    if fd is None:
+        return
+    _CLAIMED.add(lock_path)
     os.ftruncate(fd, 0)
     os.pwrite(fd, holder_description().encode(), 0)
 

@@ -21,9 +21,10 @@ import signal
 import subprocess
 import sys
 
-from common import REPO_ROOT, plan
+from common import REPO_ROOT, plan, runfolder
 from common.errors import UserError, first_line
-from common.stopping import STOP_SIGNALS, Stopped, stop_on_signals
+from common.member import MEMBER_SIGNALS, run_alone
+from common.stopping import Stopped, stop_on_signals
 
 try:
     from submitit.helpers import Checkpointable
@@ -36,10 +37,8 @@ class SlurmMember(Checkpointable):
     unless Slurm is ending the job itself (scancel: a cancel is a cancel)."""
 
     def __call__(self, plan_dir: str, member_id: str) -> str:
-        from common.member import run_member
-
         submitit_requeue = signal.getsignal(signal.SIGUSR2)  # submitit's checkpoint-and-requeue handler
-        stop_on_signals(STOP_SIGNALS + (signal.SIGUSR2,))
+        stop_on_signals(MEMBER_SIGNALS)
         decision = {}
 
         def when_stopped() -> str:
@@ -47,7 +46,7 @@ class SlurmMember(Checkpointable):
             return "; back in the queue" if decision["no_requeue"] is None else f"; not requeued: {decision['no_requeue']}"
 
         try:
-            return run_member(plan_dir, member_id, when_stopped=when_stopped)
+            return run_alone(plan_dir, member_id, when_stopped=when_stopped).status
         except Stopped:
             if decision.get("no_requeue") is None:
                 requeue(submitit_requeue)
@@ -81,14 +80,12 @@ def why_not_requeue(plan_dir: str) -> str | None:
         return None
     if not os.path.isfile(pickle):
         return (f"its Slurm folder is gone ({os.path.dirname(pickle)}; submitit needs it to restart the task); "
-                f"continue the plan with: python {script_path_of(plan_dir)} --resume {shlex.quote(plan_dir)}")
+                f"continue the plan with: {plan.resume_command(script_path_of(plan_dir), plan_dir)}")
     return None
 
 
 def script_path_of(plan_dir: str) -> str:
-    from common import experiment
-
-    return experiment.script_path(plan.read_plan(plan_dir).experiment)
+    return plan.script_path(plan.read_plan(plan_dir).experiment)
 
 
 def requeue(submitit_requeue) -> None:
@@ -104,8 +101,9 @@ def requeue(submitit_requeue) -> None:
         sys.exit(-1)
 
 
-def submit(the_plan: plan.Plan, settings: dict, script: str) -> list:
-    """Submit the members left; print the job id and the commands to watch, resume and compare."""
+def submit(the_plan: plan.Plan, members: list, settings: dict, script: str) -> list:
+    """The Slurm executor: submit `members` but those still in Slurm's queue; print the job id and the
+    commands to watch, resume and compare; their Outcomes (QUEUED)."""
     try:
         import submitit
     except ImportError:
@@ -113,7 +111,7 @@ def submit(the_plan: plan.Plan, settings: dict, script: str) -> list:
     if shutil.which("sbatch") is None:
         raise UserError("--launcher slurm: no sbatch on PATH; run the command on a Slurm login node")
     queued = queued_members(the_plan)
-    todo = [m for m in the_plan.members if plan.member_status(m) not in ("completed", "running") and m.id not in queued]
+    todo = [m for m in members if m.id not in queued]
     if not todo:
         print(f"{the_plan.name}: nothing left to submit (every member is complete, running or in the queue)")
         return []
@@ -129,9 +127,9 @@ def submit(the_plan: plan.Plan, settings: dict, script: str) -> list:
     print(f"submitted {len(todo)} member(s) of {the_plan.name} as Slurm job array {array}\n"
           f"  watch:   squeue -j {array}   |   python -m common.plan {folder}   |   tail -f {folder}/"
           f"{shlex.quote(todo[0].id)}/log.txt\n"
-          f"  resume:  python {script} --resume {folder}   (submits only what is left)\n"
+          f"  resume:  {plan.resume_command(script, the_plan.folder)}   (submits only what is left)\n"
           f"  compare: python -m common.compare {folder}", flush=True)
-    return [m.run_dir for m in todo]
+    return [plan.Outcome(m, runfolder.QUEUED) for m in todo]
 
 
 def queued_members(the_plan: plan.Plan) -> dict:
@@ -154,7 +152,7 @@ def record_jobs(the_plan: plan.Plan, submitted: dict) -> None:
     """sweep.json remembers each member's array task, so the next submission skips those still queued."""
     jobs = {**(the_plan.launcher.get("slurm_jobs") or {}), **submitted}
     the_plan.launcher["slurm_jobs"] = jobs
-    plan.write_plan(the_plan, {m.id: plan.member_status(m) for m in the_plan.members})
+    plan.write_plan(the_plan, plan.statuses(the_plan))
 
 
 def slurm_parameters(the_plan: plan.Plan, settings: dict, tasks: int) -> dict:

@@ -24,10 +24,6 @@ class Interval:
     low: float | None   # None: undefined (a single value has no interval)
     high: float | None
 
-    @property
-    def half_width(self) -> float | None:
-        return None if self.low is None else (self.high - self.low) / 2
-
 
 def mean_ci(values: list, level: float = LEVEL) -> Interval:
     """Mean and its Student-t confidence interval over `values` (n >= 2)."""

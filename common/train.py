@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from common import distributed, stopping
 from common.augment import Preprocess, window
+from common.console import LOG_INTERVAL_ENV
 from common.devices import autocast
 
 
@@ -41,7 +42,6 @@ class _LogLines:
         sys.stderr.flush()
 
 
-LOG_INTERVAL_ENV = "CIFAR_LOG_INTERVAL_S"  # seconds between progress lines when not on a terminal (default 30)
 
 
 def _progress(total: int, desc: str):

@@ -147,6 +147,7 @@ def test_a_members_log_holds_its_own_error_and_a_diverged_member_is_not_sent_to_
     assert "error: the loss became" in log
     assert json.load(open(os.path.join(members[1], "train.json")))["diverged"] is True
     assert "resuming cannot help" in result.stderr and "--resume" not in result.stderr.splitlines()[-1]
+    assert "lr=1e+30,seed=0: the loss diverged" in result.stderr
 
 
 # --- compare ----------------------------------------------------------------------------------------
@@ -205,3 +206,23 @@ def test_compare_usage_errors_are_one_line():
     result = _compare("--baseline", "nonsense")
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1 and "--help" in lines[0], result.stderr
+
+
+def test_the_inline_and_the_jobs_executor_leave_the_same_plan(smoke_data, tmp_path):
+    """One member runner under both: the same statuses in sweep.json, the same files in each member's
+    folder (log.txt aside: a member in a process of its own writes its console there) and the same
+    numbers (both at one torch thread per member)."""
+    from tests.conftest import run_metrics
+
+    plans = {}
+    for jobs in ("1", "2"):
+        out = str(tmp_path / f"jobs{jobs}")
+        result = run_script("ex_1.py", *SMOKE, "--sweep", "lr=0.001,0.003", "--epochs", "2", "--name", "same",
+                            "--jobs", jobs, "--data-dir", smoke_data, "--out", out, env={"OMP_NUM_THREADS": "1"})
+        assert result.returncode == 0, result.stderr[-2000:]
+        plan_dir, raw, members = _plan(out, "same")
+        plans[jobs] = ([m["status"] for m in raw["members"]],
+                       [sorted(set(os.listdir(m)) - {"log.txt"}) for m in members],
+                       [run_metrics(m) for m in members])
+    assert plans["1"] == plans["2"]
+    assert plans["1"][0] == ["completed", "completed"] and ".lock" not in plans["1"][1][0]

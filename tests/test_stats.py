@@ -24,9 +24,9 @@ def test_mean_ci_is_students_t_interval():
 def test_prediction_interval_is_wider_than_the_mean_ci_by_sqrt_n_plus_1():
     values = [0.7137, 0.7077, 0.6911, 0.70]
     ci, pi = stats.mean_ci(values), stats.prediction_interval(values)
-    assert pi.half_width / ci.half_width == pytest.approx(math.sqrt(len(values) + 1))
+    assert (pi.high - pi.low) / (ci.high - ci.low) == pytest.approx(math.sqrt(len(values) + 1))
     t = scipy_stats.t.ppf(0.975, len(values) - 1)
-    assert pi.half_width == pytest.approx(t * statistics.stdev(values) * math.sqrt(1 + 1 / len(values)))
+    assert (pi.high - pi.low) / 2 == pytest.approx(t * statistics.stdev(values) * math.sqrt(1 + 1 / len(values)))
 
 
 def test_welch_difference_and_p_value_equal_scipys():
