@@ -18,6 +18,7 @@ kept (no sweep.json); `todo()` is the one place that decides which members are l
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import itertools
@@ -166,6 +167,10 @@ def remove_if_unstarted(plan: Plan) -> None:
     if os.path.isdir(plan.folder) and os.listdir(plan.folder) == [PLAN_FILE]:
         os.remove(os.path.join(plan.folder, PLAN_FILE))
         os.rmdir(plan.folder)
+    for folder in sorted({os.path.dirname(plan.folder)} | {os.path.dirname(m.run_dir) for m in plan.members},
+                         key=len, reverse=True):
+        with contextlib.suppress(OSError):  # the empty folders made for it (sweeps/, cifar_10/); others stay
+            os.rmdir(folder)
 
 
 def read_plan(folder: str) -> Plan:

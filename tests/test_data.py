@@ -93,7 +93,7 @@ def test_a_plan_stopped_offline_before_any_training_leaves_no_plan_folder(tmp_pa
     assert "plan" in result.stdout  # it was a plan, announced before the download failed
     leftovers = [os.path.join(folder, name) for folder, _, names in os.walk(tmp_path / "o") for name in names]
     assert leftovers == []
-    assert not os.path.exists(tmp_path / "o" / "sweeps") or os.listdir(tmp_path / "o" / "sweeps") == []
+    assert not os.path.exists(tmp_path / "o") or os.listdir(tmp_path / "o") == []  # no empty folders either
 
 
 def test_wrong_md5_archive_is_not_kept(tmp_path, monkeypatch):
