@@ -14,12 +14,11 @@ combinations are usage errors (exit 2) before anything is created.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable
+from typing import Callable
 
 from common.augment import AUGMENTATIONS
 from common.errors import UserError

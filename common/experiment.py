@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import io
 import os
-import shlex
 import time
 
 import torch
