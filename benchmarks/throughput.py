@@ -366,7 +366,7 @@ def main(argv=None):
     args.seconds = args.seconds if args.seconds is not None else (1.0 if args.quick else 1.5)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    env = provenance.environment(device)
+    env = provenance.environment(device, amp=True)
     print(f"device: {device} ({env.get('gpu', env['cpu'])}), torch {torch.__version__}, threads {torch.get_num_threads()}")
     results = []
     for name in args.experiments:

@@ -8,17 +8,26 @@
 A row is one recipe run with several seeds. Runs share a row only when, by their config.json,
 they agree on the experiment, the dataset, every recipe field and every option that can
 change the numbers (common.config.recipe_key_fields), the data (test file's sha256), the
-hardware (GPU name, or CPU model), the torch build and CUDA version, and the process count;
-only the seed differs, and a seed repeated in a row counts once (the newest folder; the
-table says which it kept). A row lists the code versions its runs came from, a `*` marking
-a run started from a modified tree.
+hardware (GPU name, or CPU model), the torch build and CUDA version, the precision, and the
+threads x processes; only the seed differs, and a seed repeated in a row counts once (the
+newest folder; the table says which it kept). A row lists the code versions its runs came
+from, a `*` marking a run started from a modified tree.
 
 Per row: n seeds, the best validation accuracy (the selection metric) and the test accuracy,
-each as mean and 95% confidence interval (Student t over seeds), and the difference from the
-baseline row (the row nearest the script's own recipe, or --baseline FIELD=VALUE) with its
-95% interval and p-value (Welch's t over seeds; one seed a side: exact McNemar on the shared
-test images, from predictions.npz). Incomplete, failed or damaged runs are listed apart and
-never averaged. Nothing tracked by git is rewritten unless named (--readme, --figure).
+each as mean and 95% confidence interval (Student t over seeds), and the differences from the
+baseline row (the row nearest the script's own recipe, or --baseline FIELD=VALUE) in both,
+with 95% intervals, p-values (Welch's t over seeds) Holm-adjusted over the table's tests,
+and the smallest test difference the two rows' n and spread detect with 80% power. One seed
+on a side gets no p-value (it cannot separate a recipe from its seed; --json keeps an exact
+McNemar test of the two networks, labelled as such). Incomplete, failed or damaged runs are
+listed apart and never averaged.
+
+When the rows of a table vary k >= 2 fields at two values each (a factorial --sweep), a
+main-effects table follows (common/factorial.py): each field's effect averaged over the
+others, from a linear model over every run, with its 95% CI, Holm-adjusted p and the
+effect the design detects with 80% power; the two-way interactions that stand out; a figure.
+Figures go inside the compared folder. Nothing tracked by git is rewritten unless named
+(--readme, --figure).
 """
 from __future__ import annotations
 
@@ -35,13 +44,14 @@ from dataclasses import dataclass, field
 if __name__ == "__main__":  # python path/to/common/compare.py from any folder
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import REPO_ROOT, runfolder, stats  # noqa: E402
+from common import REPO_ROOT, factorial, runfolder, stats  # noqa: E402
 from common.config import Options, Recipe, knobs, recipe_key_fields, to_dict  # noqa: E402
 from common.errors import UserError, first_line, os_reason  # noqa: E402
 from common.models import MODELS  # noqa: E402
 from common.reference import REPORT  # noqa: E402
 
 DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+RESULTS_BLOCK, EFFECTS_BLOCK = "results", "effects"   # --block names with their own text
 BLOCK_NAME = r"[a-z0-9][a-z0-9_-]{0,40}"
 
 
@@ -142,11 +152,26 @@ def recipe_key(record) -> tuple:
     return tuple(json.dumps(values[name]) for name in recipe_key_fields())
 
 
+def precision_label(record) -> str:
+    """What the arithmetic ran in (config.json's environment); for runs from before it was recorded:
+    float32 on a CPU or without --amp, else CUDA autocast in bf16 or fp16."""
+    if record.environment.get("precision"):
+        return str(record.environment["precision"])
+    on_gpu = str(record.environment.get("device", "cpu")).startswith("cuda")
+    return "autocast (bf16 or float16)" if on_gpu and record.options.amp else "float32"
+
+
+def threads_label(record) -> str:
+    """torch threads x processes: on a CPU the thread count changes the sums' order, so the numbers."""
+    threads = record.environment.get("torch_threads", "?")
+    return f"{threads} thread{'s' * (threads != 1)} x {record.processes} process{'es' * (record.processes > 1)}"
+
+
 def context_key(run: Run) -> tuple:
     """What rows that may be compared with each other share: all but the recipe."""
     r = run.record
     return (r.dataset, r.experiment, data_label(r), hardware_label(r.environment), software_label(r.environment),
-            r.processes)
+            r.processes, threads_label(r), precision_label(r))
 
 
 def recipe_changes(record) -> dict:
@@ -297,7 +322,7 @@ def summarize_row(row: Row) -> dict:
     out = {"dataset": DATASET_LABELS[row.context[0]], "experiment": experiment_label(row.record),
            "changes": describe_changes(row.record, row.changes), "changed_fields": row.changes,
            "data": row.context[2], "hardware": row.context[3], "software": row.context[4],
-           "processes": row.context[5], "n": len(row.runs), "seeds": [r.record.options.seed for r in row.runs],
+           "processes": row.context[5], "threads": row.context[6], "precision": row.context[7], "n": len(row.runs), "seeds": [r.record.options.seed for r in row.runs],
            "runs": [r.dir for r in row.runs], "duplicates": row.duplicates, "code": code_versions(row),
            "parameters": row.record.raw.get("parameters")}
     for metric in METRICS:
@@ -322,17 +347,41 @@ def code_versions(row: Row) -> list:
 
 
 def baseline_differences(row: Row) -> dict:
-    """This row minus its baseline, for validation and test accuracy."""
+    """This row minus its baseline, for validation and test accuracy (p_holm: see table_summaries)."""
     base = row.baseline
     out = {"baseline": describe_changes(base.record, base.changes), "baseline_runs": [r.dir for r in base.runs]}
     for metric in ("val_accuracy", "test_accuracy"):
         a, b = row.values(metric), base.values(metric)
-        correct = (None, None)
-        if metric == "test_accuracy" and len(a) == 1 and len(b) == 1:
-            correct = (_correct(row.runs[0]), _correct(base.runs[0]))
-        d = stats.difference(a, b, *correct)
-        out[metric] = {"difference": d.estimate, "ci95": [d.low, d.high], "p": d.p_value, "test": d.test}
+        d = stats.difference(a, b)
+        out[metric] = {"difference": d.estimate, "ci95": [d.low, d.high], "p": d.p_value, "p_holm": d.p_value,
+                       "test": d.test, "detectable_80": stats.detectable_difference(a, b)}
+    if len(row.runs) == 1 and len(base.runs) == 1:
+        out["networks"] = networks_test(row.runs[0], base.runs[0])
     return out
+
+
+def networks_test(run: Run, base: Run) -> dict | None:
+    """Whether these two trained networks differ on the shared test images (not their recipes)."""
+    a, b = _correct(run), _correct(base)
+    if a is None or b is None:
+        return None
+    d = stats.mcnemar(a, b)
+    return {"difference": d.estimate, "p": d.p_value, "test": "exact McNemar: these two networks, not their recipes"}
+
+
+def table_summaries(rows: list) -> list:
+    """summarize_row for each row, with p_holm: Holm's adjustment over every p-value of its table."""
+    summaries = [summarize_row(row) for row in rows]
+    by_context = defaultdict(list)
+    for row, summary in zip(rows, summaries):
+        for metric in ("val_accuracy", "test_accuracy"):
+            if summary["vs_baseline"] and summary["vs_baseline"][metric]["p"] is not None:
+                by_context[row.context].append(summary["vs_baseline"][metric])
+    for tests in by_context.values():
+        for test, adjusted in zip(tests, stats.holm([t["p"] for t in tests])):
+            test["p_holm"] = adjusted
+            test["holm_family"] = len(tests)
+    return summaries
 
 
 def _correct(run: Run):
@@ -346,57 +395,83 @@ def _correct(run: Run):
 
 # --- markdown ----------------------------------------------------------------------------------
 
+SMALL_N = 2   # at n <= 2 a 95% CI spans +-12.7 standard errors (t with 1 df): marked, not read
+
+
 def _ci(summary: dict | None, digits: int = 4) -> str:
-    """'0.7004 ± 0.0340' (mean ± 95% CI half-width), or the single value."""
+    """'0.7004 ± 0.0340' (mean ± 95% CI half-width), the single value, or '†' marked where n is too small."""
     if not summary:
         return "—"
     low, high = summary["ci95"]
     if low is None:
         return f"{summary['mean']:.{digits}f}"
-    return f"{summary['mean']:.{digits}f} ± {(high - low) / 2:.{digits}f}"
+    mark = " †" if summary["n"] <= SMALL_N else ""
+    return f"{summary['mean']:.{digits}f} ± {(high - low) / 2:.{digits}f}{mark}"
 
 
 def _difference(diff: dict | None) -> tuple:
-    """('+0.0123 [+0.0050, +0.0196]', 'p 0.004 (Welch)') for the table."""
+    """('+0.0123 [+0.0050, +0.0196]', '0.004') for the table: the difference and its Holm-adjusted p."""
     if not diff:
         return "—", "—"
     low, high = diff["ci95"]
     text = f"{diff['difference']:+.4f}" + (f" [{low:+.4f}, {high:+.4f}]" if low is not None else "")
-    if diff["p"] is None:
-        return text, "— (one seed)"
-    return text, f"{diff['p']:.3g} ({'Welch' if diff['test'].startswith('Welch') else 'McNemar'})"
+    return text, "— (one seed on a side)" if diff["p"] is None else f"{diff['p_holm']:.3g}"
 
 
 HEADER = ("| experiment | changed from the script's recipe | n (seeds) | best val acc ± 95% CI | test acc ± 95% CI "
-          "| Δ test vs baseline [95% CI] | p | Δ val vs baseline | macro F1 | AUC | AUC, hard labels | best epoch "
-          "| train time s | code |")
+          "| Δ val vs baseline [95% CI] | p, val (Holm) | Δ test vs baseline [95% CI] | p, test (Holm) "
+          "| detectable Δ test (80% power) | macro F1 | AUC | best epoch | train time s | code |")
 
 
-def markdown(rows: list, runs: list) -> str:
-    """A table per context (dataset, data, hardware, software, processes), then the notes and incomplete runs."""
-    out, notes, context = [], [], None
-    for row in rows:
-        summary = summarize_row(row)
-        if row.context != context:
-            context = row.context
-            out += ["", f"**{summary['dataset']}** · {summary['experiment'].split()[0]} · {summary['data']} · "
-                        f"{summary['hardware']} · {summary['software']} · {summary['processes']} process"
-                        f"{'es' * (summary['processes'] > 1)}", "", HEADER, "|" + "---|" * 14]
-        base = summary["vs_baseline"]
-        test_diff, p = _difference(base["test_accuracy"] if base else None)
-        val_diff, _ = _difference(base["val_accuracy"] if base else None)
-        if row.baseline is None and any(r.baseline is row for r in rows):
-            test_diff, p, val_diff = "baseline", "", "baseline"
-        out.append(f"| {summary['experiment']} | {summary['changes']} | {summary['n']} "
-                   f"({','.join(map(str, summary['seeds']))}) | {_ci(summary.get('val_accuracy'))} "
-                   f"| {_ci(summary.get('test_accuracy'))} | {test_diff} | {p} | {val_diff} | {_ci(summary.get('f1'))} "
-                   f"| {_ci(summary.get('auc'))} | {_ci(summary.get('auc_hard_labels'))} "
-                   f"| {_ci(summary.get('best_epoch'), 1)} | {_ci(summary.get('train_time_s'), 0)} "
-                   f"| {', '.join(summary['code'])} |")
-        notes += [f"- {summary['experiment']} ({summary['changes']}), seed {d['seed']}: kept {display_path(d['kept'])}, "
-                  f"not {', '.join(display_path(x) for x in d['dropped'])}" for d in summary["duplicates"]]
-    if notes:
-        out += ["", "Repeated seeds (each counts once):", *notes]
+def context_line(summary: dict) -> str:
+    return (f"**{summary['dataset']}** · {summary['experiment'].split()[0]} · {summary['data']} · "
+            f"{summary['hardware']} · {summary['software']} · {summary['threads']} · {summary['precision']}")
+
+
+def table_row(row: Row, summary: dict, rows: list) -> str:
+    base = summary["vs_baseline"]
+    val_diff, val_p = _difference(base["val_accuracy"] if base else None)
+    test_diff, test_p = _difference(base["test_accuracy"] if base else None)
+    detectable = base["test_accuracy"]["detectable_80"] if base else None
+    if row.baseline is None and any(r.baseline is row for r in rows):
+        val_diff, val_p, test_diff, test_p = "baseline", "", "baseline", ""
+    return (f"| {summary['experiment']} | {summary['changes']} | {summary['n']} "
+            f"({','.join(map(str, summary['seeds']))}) | {_ci(summary.get('val_accuracy'))} "
+            f"| {_ci(summary.get('test_accuracy'))} | {val_diff} | {val_p} | {test_diff} | {test_p} "
+            f"| {'—' if detectable is None else f'{detectable:.4f}'} | {_ci(summary.get('f1'))} "
+            f"| {_ci(summary.get('auc'))} | {_ci(summary.get('best_epoch'), 1)} "
+            f"| {_ci(summary.get('train_time_s'), 0)} | {', '.join(summary['code'])} |")
+
+
+def table_notes(summaries: list) -> list:
+    tests = max((s["vs_baseline"][m].get("holm_family", 0) for s in summaries if s["vs_baseline"]
+                 for m in ("val_accuracy", "test_accuracy")), default=0)
+    notes = [f"p: Welch's t over seeds, Holm-adjusted over the table's {tests} tests; detectable Δ: the smallest "
+             "true test difference a t-test with the two rows' n and pooled spread finds with 80% power at "
+             "0.05." if tests else "No p-values: a comparison needs two or more seeds on each side."]
+    if any(s[m]["n"] <= SMALL_N for s in summaries for m in ("val_accuracy", "test_accuracy") if m in s):
+        notes.append(f"† n ≤ {SMALL_N}: a 95% CI from so few seeds spans ±12.7 standard errors or more; it says "
+                     "little beyond the values themselves.")
+    return notes
+
+
+def markdown(rows: list, runs: list, designs: list | None = None) -> str:
+    """A table per context (dataset, data, hardware, software, threads, precision), its notes, the
+    main effects of any factorial design among its rows, then repeated seeds and incomplete runs."""
+    out, repeated = [], []
+    summaries = table_summaries(rows)
+    for context in dict.fromkeys(row.context for row in rows):
+        members = [(row, s) for row, s in zip(rows, summaries) if row.context == context]
+        out += ["", context_line(members[0][1]), "", HEADER, "|" + "---|" * 15]
+        out += [table_row(row, summary, rows) for row, summary in members]
+        out += [""] + table_notes([s for _, s in members])
+        repeated += [f"- {s['experiment']} ({s['changes']}), seed {d['seed']}: kept {display_path(d['kept'])}, "
+                     f"not {', '.join(display_path(x) for x in d['dropped'])}" for _, s in members
+                     for d in s["duplicates"]]
+    for design in designs or []:
+        out += ["", effects_markdown(design)]
+    if repeated:
+        out += ["", "Repeated seeds (each counts once):", *repeated]
     incomplete = [r for r in runs if not r.complete]
     if incomplete:
         out += ["", "Not averaged (incomplete, failed or damaged):", ""]
@@ -406,6 +481,97 @@ def markdown(rows: list, runs: list) -> str:
     return "\n".join(out).strip() + "\n"
 
 
+# --- factorial designs -------------------------------------------------------------------------
+
+EFFECT_METRICS = (("test_accuracy", "test acc"), ("val_accuracy", "best val acc"))
+
+
+def designs(rows: list) -> list:
+    """Each table whose rows form a two-level factorial, with its fits: [{context, summary, factors,
+    settings, values: {metric: [...]}, fits: {metric: Fit}}]."""
+    found = []
+    for context in dict.fromkeys(row.context for row in rows):
+        members = [row for row in rows if row.context == context]
+        varying = [name for name in recipe_key_fields()
+                   if len({json.dumps(getattr_any(r.record, name)) for r in members}) > 1]
+        factors = factorial.find_factors([{n: getattr_any(r.record, n) for n in varying} for r in members])
+        if factors is None:
+            continue
+        runs = [run for row in members for run in row.runs]
+        settings = [{n: getattr_any(run.record, n) for n in varying} for run in runs]
+        design = {"context": context, "summary": summarize_row(members[0]), "factors": factors,
+                  "settings": settings, "cells": len(members), "values": {}, "fits": {},
+                  "seeds": sorted({run.record.options.seed for run in runs})}
+        for metric, _ in EFFECT_METRICS:
+            values = [metric_value(run, metric) for run in runs]
+            design["values"][metric] = values
+            design["fits"][metric] = factorial.fit(factors, settings, values)
+        if all(design["fits"].values()):
+            found.append(design)
+    return found
+
+
+def _term(term: tuple) -> str:
+    return " × ".join(term)
+
+
+def _levels(design: dict, term: tuple) -> str:
+    if len(term) > 1:
+        return "interaction"
+    (factor,) = [f for f in design["factors"] if f.name == term[0]]
+    return f"{_short(factor.levels[0])} → {_short(factor.levels[1])}"
+
+
+def shown_interactions(design: dict) -> list:
+    """The two-way terms that stand out: Holm p < 0.05 on either metric, and always the largest |test effect|."""
+    test, val = (design["fits"][m].effects for m, _ in EFFECT_METRICS)
+    pairs = [(t, v) for t, v in zip(test, val) if len(t.term) == 2]
+    if not pairs:
+        return []
+    largest = max(pairs, key=lambda p: abs(p[0].estimate))
+    return [p for p in pairs if p is largest or p[0].p_holm < 0.05 or p[1].p_holm < 0.05]
+
+
+def effects_markdown(design: dict) -> str:
+    """The main-effects table of one design, with what its model was and what it could detect."""
+    test_fit, val_fit = (design["fits"][m] for m, _ in EFFECT_METRICS)
+    seeds = design["seeds"]
+    lines = [f"**Main effects** · {context_line(design['summary'])} · {test_fit.n} runs in {design['cells']} cells",
+             "", "| field | from → to | Δ test acc [95% CI] | p, test (Holm) | Δ best val acc [95% CI] | p, val (Holm) "
+             "| detectable Δ test (80% power) |", "|" + "---|" * 7]
+    pairs = [(t, v) for t, v in zip(test_fit.effects, val_fit.effects) if len(t.term) == 1]
+    pairs += shown_interactions(design)
+    for t, v in pairs:
+        lines.append(f"| {_term(t.term)} | {_levels(design, t.term)} | {t.estimate:+.4f} [{t.low:+.4f}, {t.high:+.4f}] "
+                     f"| {t.p_holm:.3g} | {v.estimate:+.4f} [{v.low:+.4f}, {v.high:+.4f}] | {v.p_holm:.3g} "
+                     f"| {t.detectable:.4f} |")
+    interactions = [t for t in test_fit.effects if len(t.term) == 2]
+    hidden = len(interactions) - len(shown_interactions(design))
+    lines += ["", f"Linear model over {test_fit.n} runs (seeds {','.join(map(str, seeds))} of each cell): "
+                  f"{len(design['factors'])} main effects and {len(interactions)} two-way interactions, "
+                  f"{test_fit.residual_df} residual degrees of freedom (residual sd {test_fit.residual_sd:.4f} test, "
+                  f"{val_fit.residual_sd:.4f} val). An effect is the mean at the second value minus the mean at the "
+                  "first, averaged over the other fields; an interaction is half the change of one field's effect "
+                  "across the other's values. p: t-test of each term, Holm-adjusted over the "
+                  f"{len(test_fit.effects)} terms of each metric. Detectable: the smallest true effect this design "
+                  "finds with 80% power at 0.05."
+                  + (f" The other {hidden} interactions are not distinguishable from zero." if hidden > 0 else "")]
+    return "\n".join(lines) + "\n"
+
+
+def design_json(design: dict) -> dict:
+    out = {"dataset": design["summary"]["dataset"], "experiment": design["summary"]["experiment"],
+           "context": context_line(design["summary"]), "cells": design["cells"],
+           "factors": [{"name": f.name, "levels": list(f.levels)} for f in design["factors"]], "metrics": {}}
+    for metric, _ in EFFECT_METRICS:
+        fit = design["fits"][metric]
+        out["metrics"][metric] = {
+            "runs": fit.n, "residual_df": fit.residual_df, "residual_sd": fit.residual_sd,
+            "effects": [{"term": list(e.term), "estimate": e.estimate, "ci95": [e.low, e.high], "p": e.p_value,
+                         "p_holm": e.p_holm, "detectable_80": e.detectable} for e in fit.effects]}
+    return out
+
+
 def reference_rows(rows: list) -> list:
     """The rows of each script's own recipe, on real data: what README's results compare with the report."""
     return [row for row in rows if row.record.script_recipe is not None and not row.changes
@@ -413,9 +579,10 @@ def reference_rows(rows: list) -> list:
 
 
 def reference_table(rows: list) -> str:
-    """README's results: each script's own recipe (on real data) beside the report's figure, per cell."""
-    lines = ["| experiment | dataset | n (seeds) | test acc, mean ± std | 95% CI of the mean | report | report inside our "
-             "95% prediction interval? |", "|" + "---|" * 7]
+    """README's results: each script's own recipe (on real data) beside the report's figure, per cell,
+    with the gap (report minus our mean) and its 95% CI: our mean's interval, the report's one run fixed."""
+    lines = ["| experiment | dataset | n (seeds) | test acc, mean ± std | 95% CI of the mean | report "
+             "| gap: report − ours [95% CI] |", "|" + "---|" * 7]
     measured = {(row.record.experiment, row.record.dataset): row for row in reversed(reference_rows(rows))}
     for experiment, cells in REPORT.items():
         for dataset, report in cells.items():
@@ -425,12 +592,11 @@ def reference_table(rows: list) -> str:
                 lines.append(f"{head} 0 | not measured | — | {report['accuracy']:.4f} | — |")
                 continue
             accs = row.values("test_accuracy")
-            ci, pi = stats.mean_ci(accs), stats.prediction_interval(accs)
-            inside = "—" if pi.low is None else \
-                f"{'yes' if pi.low <= report['accuracy'] <= pi.high else 'no'} [{pi.low:.4f}, {pi.high:.4f}]"
+            ci, gap = stats.mean_ci(accs), stats.gap(accs, report["accuracy"])
             lines.append(f"{head} {len(accs)} ({','.join(str(r.record.options.seed) for r in row.runs)}) "
                          f"| {_mean_std(accs)} | {'—' if ci.low is None else f'[{ci.low:.4f}, {ci.high:.4f}]'} "
-                         f"| {report['accuracy']:.4f} | {inside} |")
+                         f"| {report['accuracy']:.4f} | {gap.mean:+.4f}"
+                         f"{'' if gap.low is None else f' [{gap.low:+.4f}, {gap.high:+.4f}]'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -480,25 +646,36 @@ def swept_fields(rows: list) -> dict:
     return {name: dict(groups) for name, groups in out.items()}
 
 
-def write_figures(rows: list, figure: str | None, paths: list) -> list:
-    """compare_val_accuracy.png (or --figure) and compare_<field>.png per swept field, beside the runs;
-    a file tracked by git is written only when named."""
-    from common import plots
-
+def figure_targets(rows: list, found: list, figure: str | None, paths: list, block: str) -> dict:
+    """{what: path}: 'val' (compare_val_accuracy.png, or --figure F.png), each swept field (F_FIELD.png)
+    and each factorial design ('effects': F_effects.png); with --block effects, only the effects
+    figure, at --figure's path when given."""
     folder = default_figure_folder(paths) if figure is None else os.path.dirname(os.path.abspath(figure))
     stem = "compare" if figure is None else os.path.splitext(os.path.basename(figure))[0]
+    effects = {f"effects:{i}": os.path.join(folder, f"{stem}_effects{'' if len(found) == 1 else f'_{i + 1}'}.png")
+               for i in range(len(found))}
+    if block == EFFECTS_BLOCK:
+        return {what: figure if figure and len(found) == 1 else target for what, target in effects.items()}
     targets = {"val": figure or os.path.join(folder, "compare_val_accuracy.png")}
-    for name in swept_fields(rows):  # compare_lr.png, or beside --figure F.png: F_lr.png
-        targets[name] = os.path.join(folder, f"{stem}_{name}.png")
+    targets.update({name: os.path.join(folder, f"{stem}_{name}.png") for name in swept_fields(rows)})
+    return {**targets, **effects}
+
+
+def write_figures(rows: list, found: list, figure: str | None, paths: list, block: str = "compare") -> list:
+    """The figures of figure_targets; a file tracked by git is written only when --figure names it."""
+    from common import plots
+
     written = []
-    for what, target in targets.items():
-        if (figure is None or what != "val") and is_tracked(target):
+    for what, target in figure_targets(rows, found, figure, paths, block).items():
+        if figure is None and is_tracked(target):  # --figure F.png names F_FIELD.png and F_effects.png too
             print(f"figure not written: {target} is tracked by git; name it with --figure to rewrite it")
             continue
         try:
             os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
             if what == "val":
                 plots.plot_val_curves(val_curve_series(rows), target)
+            elif what.startswith("effects:"):
+                plots.plot_effects(effects_figure_data(found[int(what.split(":")[1])]), target)
             else:
                 plots.plot_swept_field(what, swept_fields(rows)[what], target)
         except (OSError, UserError) as e:
@@ -509,10 +686,27 @@ def write_figures(rows: list, figure: str | None, paths: list) -> list:
     return written
 
 
+def effects_figure_data(design: dict) -> dict:
+    """What plots.plot_effects draws: each term's effects with CIs on both metrics, and the cell means
+    of the interaction with the largest test effect."""
+    test_fit = design["fits"]["test_accuracy"]
+    terms = [(e.term, {m: design["fits"][m].effects[i] for m, _ in EFFECT_METRICS})
+             for i, e in enumerate(test_fit.effects)]
+    interactions = [e for e in test_fit.effects if len(e.term) == 2]
+    pair = max(interactions, key=lambda e: abs(e.estimate)).term if interactions else None
+    by_name = {f.name: f for f in design["factors"]}
+    return {"title": f"{design['summary']['dataset']}, {design['summary']['experiment']}: {test_fit.n} runs",
+            "terms": terms, "labels": dict(EFFECT_METRICS),
+            "levels": {name: [_short(v) for v in f.levels] for name, f in by_name.items()},
+            "pair": pair, "cells": {(_short(a), _short(b)): mean for (a, b), mean in factorial.cell_means(
+                design["factors"], design["settings"], design["values"]["test_accuracy"], pair).items()}
+            if pair else None}
+
+
 def default_figure_folder(paths: list) -> str:
-    """The folder holding the compared folders; the current one if they share no folder but '/'."""
-    parent = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
-    return os.getcwd() if os.path.dirname(parent) == parent else parent
+    """Inside the compared folder; for several, the folder they share (the current one if only '/')."""
+    shared = os.path.commonpath([os.path.abspath(p) for p in paths])
+    return os.getcwd() if os.path.dirname(shared) == shared else shared
 
 
 def is_tracked(path: str) -> bool:
@@ -552,8 +746,8 @@ def read_readme(readme: str, block: str) -> tuple:
     return content, i, j
 
 
-def write_json_summary(path: str, rows: list, runs: list) -> None:
-    runfolder.write_json(path, {"rows": [summarize_row(r) for r in rows],
+def write_json_summary(path: str, rows: list, runs: list, found: list) -> None:
+    runfolder.write_json(path, {"rows": table_summaries(rows), "designs": [design_json(d) for d in found],
                                 "incomplete": [{"dir": r.dir, "status": r.status} for r in runs if not r.complete]})
 
 
@@ -579,15 +773,16 @@ def main(argv=None) -> None:
                    help="the row each difference is measured from, e.g. lr=0.001 (default: the row nearest the "
                         "script's own recipe)")
     p.add_argument("--figure", help="where to write the validation-accuracy figure, F.png (default: "
-                                    "compare_val_accuracy.png beside the compared folders); per swept field also "
-                                    "F_FIELD.png beside it (default: compare_FIELD.png)")
+                                    "compare_val_accuracy.png inside the compared folder); per swept field also "
+                                    "F_FIELD.png beside it (default: compare_FIELD.png), per factorial design "
+                                    "F_effects.png (with --block effects: F.png itself)")
     p.add_argument("--no-figures", action="store_true", help="write no figure")
     p.add_argument("--json", help="also write the table as JSON (numbers as numbers, each row's run folders)")
     p.add_argument("--readme", help="replace the text between a block's markers in this file (see --block)")
     p.add_argument("--block", default="compare", type=block_name,
                    help="which block --readme fills, between <!-- NAME:start --> and <!-- NAME:end -->: 'results' "
-                        "gets each script's own recipe beside the report's figures, any other name this table "
-                        "(default: compare)")
+                        "gets each script's own recipe beside the report's figures, 'effects' the main-effects "
+                        "tables of the factorial designs, any other name the whole output (default: compare)")
     args = p.parse_args(argv)
     paths = args.folders or default_paths()
     if not paths:
@@ -608,16 +803,23 @@ def report(paths: list, args) -> None:
     runs = collect(paths)
     rows = build_rows(runs)
     choose_baselines(rows, args.baseline)
-    text = markdown(rows, runs)
+    found = designs(rows)
+    if args.block == EFFECTS_BLOCK and not found:
+        raise UserError(f"--block {EFFECTS_BLOCK}: the compared runs form no two-level factorial design (two or "
+                        "more recipe fields at two values each, balanced)")
+    text = markdown(rows, runs, found)
     print(text)
     if args.json:
-        write_json_summary(args.json, rows, runs)
-    shown = reference_rows(rows) if args.block == "results" else rows  # the figures behind the block
+        write_json_summary(args.json, rows, runs, found)
+    shown = reference_rows(rows) if args.block == RESULTS_BLOCK else rows  # the figures behind the block
     if shown and not args.no_figures:
-        for written in write_figures(shown, args.figure, paths):
+        for written in write_figures(shown, found if args.block != RESULTS_BLOCK else [], args.figure, paths,
+                                     args.block):
             print(f"figure: {written}")
     if args.readme:
-        update_readme(args.readme, args.block, reference_table(rows) if args.block == "results" else text)
+        blocks = {RESULTS_BLOCK: lambda: reference_table(rows),
+                  EFFECTS_BLOCK: lambda: "\n".join(effects_markdown(d) for d in found)}
+        update_readme(args.readme, args.block, blocks.get(args.block, lambda: text)())
 
 
 if __name__ == "__main__":

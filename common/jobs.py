@@ -84,7 +84,7 @@ def finished(proc: subprocess.Popen, member: plan.Member) -> tuple:
     result = outcome(member)
     if proc.returncode == 1 and result.status != runfolder.FAILED:
         error = last_line(runfolder.path(member.run_dir, runfolder.LOG))
-        error = error[len("error: "):] if error.startswith("error: ") else f"exit code 1 (its error is printed above)"
+        error = error[len("error: "):] if error.startswith("error: ") else "exit code 1 (its error is printed above)"
         return dataclasses.replace(result, error=error), f"{member.id}: {error}"
     if proc.returncode not in (0, 1) and result.error is None:
         result = dataclasses.replace(result, error=f"{result.status} (exit code {proc.returncode})")

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import torch
 
-from common.devices import cpu_model
+from common.devices import amp_dtype, cpu_model
 
 
 def git_info(repo_dir: str) -> dict:
@@ -30,7 +30,7 @@ def git_info(repo_dir: str) -> dict:
         return {"commit": None, "dirty": None}
 
 
-def environment(device: torch.device) -> dict:
+def environment(device: torch.device, amp: bool) -> dict:
     env = {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -41,6 +41,7 @@ def environment(device: torch.device) -> dict:
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "precision": str(amp_dtype(device, amp) or torch.float32).removeprefix("torch."),  # what the math ran in
     }
     if sys.platform.startswith("linux"):  # CPU tensors on huge pages (common.devices.request_huge_pages)
         env["thp_mem_alloc_enable"] = os.environ.get("THP_MEM_ALLOC_ENABLE", "0")

@@ -214,7 +214,7 @@ def config_record(experiment: str, dataset: str, recipe: Recipe, options: Option
     return {"experiment": experiment, "dataset": dataset, "recipe": to_dict(script_recipe),
             "config": {"experiment": experiment, **to_dict(recipe), **to_dict(options)},
             "command": provenance.command_line(), "git": provenance.git_info(repo_root),
-            "environment": provenance.environment(device), "seed": options.seed, "start_time": provenance.now(),
+            "environment": provenance.environment(device, options.amp), "seed": options.seed, "start_time": provenance.now(),
             "parameters": parameters, "classes": classes, "data": data, "split": split, "resumes": [],
             "processes": processes}
 

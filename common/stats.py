@@ -3,9 +3,14 @@
 Seeds are the unit of replication: a row's mean and its 95% confidence interval use
 Student's t with n - 1 degrees of freedom; a difference between two rows uses Welch's t
 (unequal variances), with its confidence interval from the Welch-Satterthwaite degrees of
-freedom. With one seed on each side there is no spread to estimate; the two runs are then
-compared image by image on the shared test set with an exact McNemar test (a two-sided
-binomial test on the images exactly one of the two gets right).
+freedom. With one seed on a side there is no spread to estimate, so two *recipes* get no
+test. An exact McNemar test on the shared test images compares two given *networks* (a
+two-sided binomial test on the images exactly one of the two gets right): two seeds of one
+recipe differ by it, so it is never read as a recipe's effect.
+
+A table runs several tests; `holm` adjusts their p-values together. `detectable_difference`
+says how large a true difference a two-sample t-test with the table's n and spread finds
+with 80% power (noncentral t), so a "not distinguishable from zero" comes with its reach.
 """
 from __future__ import annotations
 
@@ -13,9 +18,11 @@ import math
 import statistics
 from dataclasses import dataclass
 
+from scipy import optimize
 from scipy import stats as scipy_stats
 
 LEVEL = 0.95
+POWER = 0.80
 
 
 @dataclass(frozen=True)
@@ -35,24 +42,13 @@ def mean_ci(values: list, level: float = LEVEL) -> Interval:
     return Interval(mean, mean - half, mean + half)
 
 
-def prediction_interval(values: list, level: float = LEVEL) -> Interval:
-    """Where one more seed's value would fall with probability `level`, if seeds are normal:
-    mean +- t(n - 1) * s * sqrt(1 + 1/n)."""
-    n = len(values)
-    mean = statistics.fmean(values)
-    if n < 2:
-        return Interval(mean, None, None)
-    half = scipy_stats.t.ppf((1 + level) / 2, n - 1) * statistics.stdev(values) * math.sqrt(1 + 1 / n)
-    return Interval(mean, mean - half, mean + half)
-
-
 @dataclass(frozen=True)
 class Difference:
     estimate: float        # mean of `a` minus mean of `b`
     low: float | None
     high: float | None
     p_value: float | None
-    test: str              # "Welch's t", "exact McNemar" or "none"
+    test: str              # "Welch's t", "exact McNemar" (two networks) or "none: ..." (why not)
 
 
 def welch(a: list, b: list, level: float = LEVEL) -> Difference:
@@ -79,11 +75,57 @@ def mcnemar(correct_a, correct_b) -> Difference:
     return Difference(estimate, None, None, float(p), "exact McNemar")
 
 
-def difference(a: list, b: list, correct_a=None, correct_b=None) -> Difference:
-    """Welch over seeds where both sides have two or more, else McNemar on per-image correctness
-    (given for one seed a side), else nothing to test."""
+ONE_SEED = "none: one seed on a side has no spread to test two recipes with"
+
+
+def difference(a: list, b: list) -> Difference:
+    """Two recipes' difference over seeds: Welch where both sides have two or more, else no test."""
     if len(a) >= 2 and len(b) >= 2:
         return welch(a, b)
-    if correct_a is not None and correct_b is not None:
-        return mcnemar(correct_a, correct_b)
-    return Difference(statistics.fmean(a) - statistics.fmean(b), None, None, None, "none")
+    return Difference(statistics.fmean(a) - statistics.fmean(b), None, None, None, ONE_SEED)
+
+
+def holm(p_values: list) -> list:
+    """Holm's step-down adjustment of a family of p-values (None, no test, passes through): the
+    i-th smallest of m is multiplied by m - i + 1, then made monotone; the family-wise error
+    rate stays at most alpha."""
+    tested = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    adjusted, running = list(p_values), 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def noncentrality_for_power(df: float, level: float = LEVEL, power: float = POWER) -> float:
+    """The true difference, in standard errors, that a two-sided t-test at 1 - level with `df`
+    degrees of freedom detects with probability `power` (noncentral t)."""
+    critical = scipy_stats.t.ppf((1 + level) / 2, df)
+
+    def shortfall(ncp):
+        wrong_side = scipy_stats.nct.cdf(-critical, df, ncp)  # NaN far out, where it is below 1e-15
+        return scipy_stats.nct.sf(critical, df, ncp) + (0.0 if math.isnan(wrong_side) else wrong_side) - power
+
+    high = critical  # power is about 1/2 here; doubled until past `power` (nct is unstable far out)
+    while shortfall(high) < 0:
+        high *= 2
+    return float(optimize.brentq(shortfall, 0.0, high))
+
+
+def detectable_difference(a: list, b: list, level: float = LEVEL, power: float = POWER) -> float | None:
+    """The smallest true difference of means a two-sample t-test (pooled sd of `a` and `b`) detects
+    with `power` at 1 - level; None without a spread on both sides."""
+    df = len(a) + len(b) - 2
+    if len(a) < 2 or len(b) < 2:
+        return None
+    pooled = math.sqrt(((len(a) - 1) * statistics.variance(a) + (len(b) - 1) * statistics.variance(b)) / df)
+    return pooled * math.sqrt(1 / len(a) + 1 / len(b)) * noncentrality_for_power(df, level, power)
+
+
+def gap(values: list, reference: float, level: float = LEVEL) -> Interval:
+    """reference - mean(values), with the 95% CI of our mean carried over (the reference is one
+    fixed number: the report's single run, whose own noise is unknown)."""
+    ours = mean_ci(values, level)
+    if ours.low is None:
+        return Interval(reference - ours.mean, None, None)
+    return Interval(reference - ours.mean, reference - ours.high, reference - ours.low)

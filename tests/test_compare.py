@@ -66,7 +66,9 @@ def test_compare_table_matches_the_run_folders(seeded_runs, tmp_path):
     text = compare.markdown(rows, runs)
     assert "| ex_1 | 2 of 50 epochs; batch size 32 | 3 (0,1,2) |" in text
     assert "| ex_2 | 1 of 100 epochs; batch size 32; image size 32 | 3 (0,1,2) |" in text
-    assert f"· synthetic · CPU {cpu_model()} · torch {torch.__version__} · 1 process" in text
+    threads = json.load(open(first / "config.json"))["environment"]["torch_threads"]
+    assert (f"· synthetic · CPU {cpu_model()} · torch {torch.__version__} · {threads} thread{'s' * (threads != 1)}"
+            f" x 1 process · float32") in text
     assert "2000-01-01_00-00-00: interrupted" in text
 
     figure = tmp_path / "val.png"
@@ -95,9 +97,11 @@ def test_runs_on_other_hardware_or_without_pretrained_weights_are_rows_of_their_
     runs, rows = _rows(seeded_runs / "ex_1", *(tmp_path / n / "ex_1" for n in ("gpu", "torch", "scratch")))
     text = compare.markdown(rows, runs)
     changes = "2 of 50 epochs; batch size 32"
-    assert f"· synthetic · CPU {cpu_model()} · torch {torch.__version__} · 1 process" in text
+    threads = json.load(open(first / "config.json"))["environment"]["torch_threads"]
+    assert (f"· synthetic · CPU {cpu_model()} · torch {torch.__version__} · {threads} thread{'s' * (threads != 1)}"
+            f" x 1 process · float32") in text
     assert "· synthetic · NVIDIA H100 80GB HBM3 · torch" in text and "CUDA 13.0" in text
-    assert f"· synthetic · CPU {cpu_model()} · torch 2.11.0+cu130 · 1 process" in text  # another torch build
+    assert f"· synthetic · CPU {cpu_model()} · torch 2.11.0+cu130 · {threads} thread" in text  # another torch build
     assert f"| ex_1 | {changes} | 3 (0,1,2) |" in text and f"| ex_1 | {changes} | 1 (0) |" in text
     assert f"| ex_1 from scratch | model efficientnet_v2_s; {changes} | 1 (0) |" in text
 
@@ -204,8 +208,8 @@ def test_compare_cli_splits_rows_by_recipe_and_writes_nothing_tracked(seeded_run
     assert "| 1 (0) |" in rows[1] and "lr 0.01" in rows[1]
     assert (snapshot_files(os.path.join(REPO, "images")), open(os.path.join(REPO, "README.md")).read()) == \
         tracked_before
-    assert (tmp_path / "compare_val_accuracy.png").read_bytes()[:4] == b"\x89PNG"  # beside the runs
-    assert (tmp_path / "compare_lr.png").read_bytes()[:4] == b"\x89PNG"  # the swept field's figure
+    assert (experiment / "compare_val_accuracy.png").read_bytes()[:4] == b"\x89PNG"  # inside the compared folder
+    assert (experiment / "compare_lr.png").read_bytes()[:4] == b"\x89PNG"  # the swept field's figure
 
 
 def test_a_repeated_seed_counts_once_says_which_folder_it_kept_and_any_recipe_field_splits(seeded_runs, tmp_path):

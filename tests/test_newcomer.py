@@ -134,7 +134,7 @@ def test_llm_prompt_lists_every_flag_as_declared_and_names_every_run_folder_file
 FLOORS = [{"errors", "stopping"},
           {"files", "devices", "distributed", "metrics", "console", "stats", "reference", "torchfiles"},
           {"download", "provenance", "augment", "optimizers", "schedules"}, {"models", "data"}, {"config"},
-          {"cli", "runfolder"}, {"train", "plots", "plan"}, {"experiment", "compare", "jobs"}, {"member"}, {"slurm"},
+          {"cli", "runfolder", "factorial"}, {"train", "plots", "plan"}, {"experiment", "compare", "jobs"}, {"member"}, {"slurm"},
           {"launch"}]
 
 

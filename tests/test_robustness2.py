@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import re
 import textwrap
 import threading
@@ -19,7 +18,7 @@ from contextlib import contextmanager
 import pytest
 
 from tests.conftest import REPO, closed_port, only_run, run_metrics, run_script, snapshot_files
-from tests.test_robustness import SMOKE, _one_error_line, _temp_files
+from tests.test_robustness import _one_error_line, _temp_files
 
 
 def _quick(smoke_data, out, *extra):

@@ -4,7 +4,6 @@ found by trying the repo as a hostile user is one clear line. Each case runs the
 import json
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import sys

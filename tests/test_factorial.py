@@ -1,0 +1,248 @@
+"""The statistics of factorial ablations and of compare's tables: main effects from a linear model,
+Holm's adjustment, the detectable effect at 80% power, the gap to the report; and compare on
+fabricated run folders (a factorial design, one seed a side, thread counts, precisions)."""
+import itertools
+import os
+import json
+import shutil
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from common import compare, factorial, stats
+
+LEVELS = {"model": ("tutorial_cnn", "three_block_cnn"), "optimizer": ("adam", "adamw"),
+          "scheduler": ("none", "cosine"), "augment": ("none", "crop_flip")}
+
+
+def full_factorial(seeds=2):
+    """Every cell of the 2^4 design, `seeds` times: ({field: value}, {field: -1/+1})."""
+    out = []
+    for combo in itertools.product(*LEVELS.values()):
+        cell = dict(zip(LEVELS, combo))
+        coded = {k: 1 if cell[k] == LEVELS[k][1] else -1 for k in LEVELS}
+        out += [(cell, coded)] * seeds
+    return out
+
+
+def simulate(runs, effects, interaction=0.0, noise=0.005, rng=None):
+    """accuracy = 0.6 + sum effect/2 * x + interaction/2 * x_model * x_augment + noise."""
+    rng = rng or np.random.default_rng(0)
+    return [0.6 + sum(effects[k] / 2 * x[k] for k in LEVELS) + interaction / 2 * x["model"] * x["augment"]
+            + rng.normal(0, noise) for _, x in runs]
+
+
+def test_the_linear_model_recovers_known_main_effects_and_an_interaction():
+    runs = full_factorial()
+    truth = {"model": 0.04, "optimizer": 0.0, "scheduler": 0.01, "augment": 0.06}
+    values = simulate(runs, truth, interaction=0.02)
+    factors = factorial.find_factors([cell for cell, _ in runs[::2]])
+    assert [f.name for f in factors] == list(LEVELS)
+    assert factors[0].levels == LEVELS["model"]  # the flag's order: tutorial_cnn first
+    fit = factorial.fit(factors, [cell for cell, _ in runs], values)
+    assert fit.n == 32 and fit.residual_df == 32 - 1 - 4 - 6  # all six two-way terms fit
+    by_term = {e.term: e for e in fit.effects}
+    standard_error = 2 * 0.005 / np.sqrt(32)  # of an effect, with the simulated noise
+    for term, true in [((name,), effect) for name, effect in truth.items()] + [(("model", "augment"), 0.02)]:
+        assert abs(by_term[term].estimate - true) < 4 * standard_error, (term, by_term[term])
+    assert by_term[("model", "augment")].p_holm < 0.001 and by_term[("augment",)].p_holm < 0.001
+    assert by_term[("model",)].p_holm < 0.001 and by_term[("scheduler",)].p_holm < 0.05
+    zeros = [t for t in by_term if len(t) == 2 and t != ("model", "augment")] + [("optimizer",)]
+    assert sum(by_term[t].p_holm < 0.05 for t in zeros) <= 1  # true zeros (the rate: the null test below)
+
+
+def test_the_fit_agrees_with_a_direct_numpy_fit_and_the_contrasts_by_hand():
+    runs = full_factorial()
+    values = np.array(simulate(runs, {"model": 0.03, "optimizer": -0.01, "scheduler": 0.0, "augment": 0.02},
+                               rng=np.random.default_rng(5)))
+    fit = factorial.fit(factorial.find_factors([c for c, _ in runs[::2]]), [c for c, _ in runs], list(values))
+    x = np.array([[x[k] for k in LEVELS] for _, x in runs], dtype=float)
+    columns = [np.ones(32)] + [x[:, i] for i in range(4)] + [x[:, i] * x[:, j] for i, j in
+                                                             itertools.combinations(range(4), 2)]
+    design = np.column_stack(columns)
+    beta = np.linalg.solve(design.T @ design, design.T @ values)  # the normal equations, independently
+    residual = values - design @ beta
+    df = 32 - design.shape[1]
+    se = np.sqrt(residual @ residual / df * np.diag(np.linalg.inv(design.T @ design)))
+    for i, effect in enumerate(fit.effects):
+        assert effect.estimate == pytest.approx(2 * beta[i + 1], abs=1e-12)
+        assert effect.p_value == pytest.approx(2 * scipy_stats.t.sf(abs(beta[i + 1] / se[i + 1]), df), rel=1e-9)
+    for i, name in enumerate(LEVELS):  # balanced: the effect is the mean at the second value minus at the first
+        contrast = values[x[:, i] > 0].mean() - values[x[:, i] < 0].mean()
+        assert fit.effects[i].estimate == pytest.approx(contrast, abs=1e-12)
+    assert fit.effects[0].high - fit.effects[0].low == pytest.approx(
+        2 * scipy_stats.t.ppf(0.975, df) * 2 * np.sqrt(residual @ residual / df) / np.sqrt(32), rel=1e-9)
+
+
+def test_a_null_design_rejects_rarely_after_holm():
+    runs = full_factorial()
+    rng = np.random.default_rng(1)
+    factors = factorial.find_factors([c for c, _ in runs[::2]])
+    settings = [c for c, _ in runs]
+    trials, holm_any, raw_any = 300, 0, 0
+    for _ in range(trials):
+        fit = factorial.fit(factors, settings, simulate(runs, dict.fromkeys(LEVELS, 0.0), noise=0.01, rng=rng))
+        holm_any += any(e.p_holm < 0.05 for e in fit.effects)
+        raw_any += any(e.p_value < 0.05 for e in fit.effects)
+    assert holm_any / trials <= 0.09      # family-wise error at most 5%, with room for 300 trials' noise
+    assert raw_any / trials >= 0.25       # without the adjustment, 10 tests reject about 40% of the time
+
+
+def test_a_half_fraction_is_a_design_and_fits_only_what_it_can_separate():
+    cells = [cell for cell, x in full_factorial(seeds=1) if x["augment"] == x["model"] * x["optimizer"] *
+             x["scheduler"]]  # 2^(4-1), augment = model x optimizer x scheduler: 8 cells
+    runs = cells * 3
+    factors = factorial.find_factors(cells)
+    assert factors is not None and len(cells) == 8
+    rng = np.random.default_rng(2)
+    values = [0.6 + 0.02 * (c["model"] == "three_block_cnn") + rng.normal(0, 0.003) for c in runs]
+    fit = factorial.fit(factors, runs, values)
+    terms = [e.term for e in fit.effects]
+    assert len([t for t in terms if len(t) == 2]) == 3  # the six pairs alias in twos: three estimable
+    assert abs(fit.effects[0].estimate - 0.02) < 4 * 2 * 0.003 / np.sqrt(24)  # within 4 standard errors
+
+
+def test_what_is_not_a_two_level_design():
+    cells = [cell for cell, _ in full_factorial(seeds=1)]
+    assert factorial.find_factors(cells[:-1]) is None                      # a cell missing: unbalanced
+    assert factorial.find_factors([{"lr": v, "augment": a} for v in (0.1, 0.01, 0.001)
+                                   for a in ("none", "crop_flip")]) is None  # three values
+    assert factorial.find_factors([{"lr": 0.1}, {"lr": 0.01}]) is None     # one field: a plain comparison
+
+
+def test_holm_by_hand():
+    adjusted = stats.holm([0.01, 0.04, 0.03, 0.005, None])
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> monotone: 0.06
+    assert adjusted[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02]) and adjusted[4] is None
+    assert stats.holm([0.5, 0.9]) == [1.0, 1.0]
+
+
+def test_the_detectable_difference_is_found_with_80_percent_power_by_simulation():
+    a, b = [0.70, 0.71, 0.69], [0.68, 0.70, 0.69]
+    delta = stats.detectable_difference(a, b)
+    pooled = np.sqrt((np.var(a, ddof=1) + np.var(b, ddof=1)) / 2)
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, pooled, (20000, 3))
+    y = rng.normal(delta, pooled, (20000, 3))
+    power = (scipy_stats.ttest_ind(x, y, axis=1).pvalue < 0.05).mean()
+    assert power == pytest.approx(0.80, abs=0.015)
+    assert stats.detectable_difference([0.7], [0.6, 0.65]) is None  # no spread on one side
+    assert stats.noncentrality_for_power(10**6) == pytest.approx(1.959964 + 0.841621, abs=1e-3)
+
+
+def test_the_gap_to_the_report_and_its_interval_by_hand():
+    ours, report = [0.7137, 0.7077, 0.6911], 0.7224
+    gap = stats.gap(ours, report)
+    mean, sem = np.mean(ours), np.std(ours, ddof=1) / np.sqrt(3)
+    half = scipy_stats.t.ppf(0.975, 2) * sem
+    assert gap.mean == pytest.approx(report - mean)
+    assert (gap.low, gap.high) == pytest.approx((report - mean - half, report - mean + half))
+    assert stats.gap([0.7], report).low is None
+
+
+# --- compare on fabricated run folders ----------------------------------------------------------
+
+def fabricate(source, dest, fields=None, seed=0, test=None, val=None, threads=None, precision=None):
+    """A copy of a complete run folder with other recipe fields, seed, accuracies or environment."""
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("*.pth", "*.png", ".lock"))
+    edits = {"config.json": lambda c: (c["config"].update(fields or {}, seed=seed), c.update(seed=seed),
+                                       threads and c["environment"].update(torch_threads=threads),
+                                       precision and c["environment"].update(precision=precision)),
+             "test.json": lambda t: test is not None and t.update(accuracy=test),
+             "train.json": lambda t: val is not None and t.update(best_val_accuracy=val)}
+    for name, edit in edits.items():
+        content = json.load(open(dest / name))
+        edit(content)
+        (dest / name).write_text(json.dumps(content))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def smoke_run(ex1_smoke_runs):
+    out, _ = ex1_smoke_runs
+    (run,) = (out / "cifar_10").iterdir()
+    return run
+
+
+def test_compare_prints_main_effects_and_writes_them_to_json_and_a_figure(smoke_run, tmp_path, capsys):
+    runs = full_factorial()
+    truth = {"model": 0.04, "optimizer": 0.0, "scheduler": 0.01, "augment": 0.06}
+    values = simulate(runs, truth, interaction=0.02)
+    root = tmp_path / "factorial"
+    for i, ((cell, _), value) in enumerate(zip(runs, values)):
+        fabricate(smoke_run, root / f"run{i}", cell, seed=i % 2, test=value, val=value)
+    compare.main([str(root), "--json", str(tmp_path / "t.json")])
+    out = capsys.readouterr().out
+    assert "**Main effects**" in out and "| augment | none → crop_flip |" in out
+    assert "| model × augment | interaction |" in out  # the interaction that stands out
+    (design,) = json.load(open(tmp_path / "t.json"))["designs"]
+    effects = {tuple(e["term"]): e for e in design["metrics"]["test_accuracy"]["effects"]}
+    assert effects[("augment",)]["ci95"][0] <= 0.06 <= effects[("augment",)]["ci95"][1]
+    direct = factorial.fit(factorial.find_factors([c for c, _ in runs[::2]]), [c for c, _ in runs], values)
+    assert [effects[e.term]["p_holm"] for e in direct.effects] == pytest.approx([e.p_holm for e in direct.effects])
+    assert (root / "compare_effects.png").read_bytes()[:4] == b"\x89PNG"  # inside the compared folder
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- effects:start -->\n<!-- effects:end -->\n")
+    compare.main([str(root), "--readme", str(readme), "--block", "effects", "--figure", str(tmp_path / "e.png")])
+    assert "| augment | none → crop_flip |" in readme.read_text() and "| ex_1 |" not in readme.read_text()
+    assert (tmp_path / "e.png").exists() and not (tmp_path / "e_effects.png").exists()
+
+
+def test_one_seed_a_side_prints_no_p_value(smoke_run, tmp_path, capsys):
+    fabricate(smoke_run, tmp_path / "a", seed=0, test=0.61)
+    fabricate(smoke_run, tmp_path / "b", {"lr": 0.003}, seed=0, test=0.69)
+    compare.main([str(tmp_path), "--no-figures"])
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if "lr 0.003" in line]
+    assert "— (one seed on a side)" in row and "+0.0800" in row
+    cells = [c.strip() for c in row.split("|")]
+    assert not any(c.replace(".", "").replace("e-", "").isdigit() for c in cells[7:10:2])  # no p anywhere
+
+
+def test_thread_counts_and_precisions_make_separate_rows(smoke_run, tmp_path):
+    for seed in (0, 1):
+        fabricate(smoke_run, tmp_path / f"one{seed}", seed=seed, threads=1)
+        fabricate(smoke_run, tmp_path / f"two{seed}", seed=seed, threads=2)
+        fabricate(smoke_run, tmp_path / f"bf16{seed}", seed=seed, threads=2, precision="bfloat16")
+    rows = compare.build_rows(compare.collect([str(tmp_path)]))
+    assert sorted(len(r.runs) for r in rows) == [2, 2, 2]
+    labels = {(compare.summarize_row(r)["threads"], compare.summarize_row(r)["precision"]) for r in rows}
+    assert labels == {("1 thread x 1 process", "float32"), ("2 threads x 1 process", "float32"),
+                      ("2 threads x 1 process", "bfloat16")}
+
+
+def test_the_results_block_gives_the_gap_to_the_report_with_its_interval(smoke_run, tmp_path):
+    from common.reference import REPORT
+
+    accuracies = [0.7137, 0.7077, 0.6911]
+    for seed, accuracy in enumerate(accuracies):
+        run = fabricate(smoke_run, tmp_path / f"s{seed}", seed=seed, test=accuracy)
+        config = json.load(open(run / "config.json"))
+        config["config"]["smoke"] = False  # a real-data run of the script's own recipe
+        config["config"]["epochs"] = config["recipe"]["epochs"] = 2
+        config["config"]["batch_size"] = config["recipe"]["batch_size"]
+        (run / "config.json").write_text(json.dumps(config))
+    rows = compare.build_rows(compare.collect([str(tmp_path)]))
+    table = compare.reference_table(rows)
+    (line,) = [x for x in table.splitlines() if x.startswith("| ex_1 | CIFAR-10 |")]
+    gap = stats.gap(accuracies, REPORT["ex_1"]["cifar10"]["accuracy"])
+    assert f"{gap.mean:+.4f} [{gap.low:+.4f}, {gap.high:+.4f}]" in line and "| 3 (0,1,2) |" in line
+
+
+README_BLOCKS = {"results": ["results/ex_1"], "ablation": ["results/ex_1/sweeps/lr", "--baseline", "lr=0.001"]}
+
+
+@pytest.mark.parametrize("block", README_BLOCKS)
+def test_readme_tables_are_what_compare_makes_of_the_shipped_run_folders(block, tmp_path):
+    """README's tables are compare's output on the folders under results/, not hand-edited numbers."""
+    from tests.conftest import REPO
+
+    readme = open(os.path.join(REPO, "README.md")).read()
+    start, end = compare.markers(block)
+    copy = tmp_path / "README.md"
+    copy.write_text(f"{start}\n{end}\n")
+    compare.main([os.path.join(REPO, p) if p.startswith("results") else p for p in README_BLOCKS[block]]
+                 + ["--readme", str(copy), "--block", block, "--no-figures"])
+    made = copy.read_text()
+    assert made[len(start) + 1:-len(end) - 1] in readme and readme.count(start) == 1
+    assert made.count("|") > 20  # a table, not an empty block
