@@ -229,6 +229,13 @@ def test_a_sweep_on_slurm_with_a_task_preempted_completes_with_the_local_runs_me
         {m: run_metrics(d) for m, d in local_members.items()}
     again = run_script("ex_1.py", "--resume", plan_dir, "--launcher", "slurm", timeout=120)
     assert again.returncode == 0 and "nothing left to submit" in again.stdout
+    # the Slurm executor leaves the plan as the --jobs one does: statuses and each member's files
+    local_dir = str(tmp_path / "local" / "sweeps" / "lr")
+    for folder in (plan_dir, local_dir):
+        assert [m["status"] for m in json.load(open(os.path.join(folder, "sweep.json")))["members"]] == \
+            ["completed"] * 4, folder
+    assert {m: sorted(set(os.listdir(d)) - {"log.txt"}) for m, d in _members(plan_dir).items()} == \
+        {m: sorted(set(os.listdir(d)) - {"log.txt"}) for m, d in local_members.items()}
 
 
 def test_tensorboards_hparams_view_lists_every_member_of_a_sweep(smoke_data, tmp_path):
