@@ -229,7 +229,8 @@ def test_the_results_block_gives_the_gap_to_the_report_with_its_interval(smoke_r
     assert f"{gap.mean:+.4f} [{gap.low:+.4f}, {gap.high:+.4f}]" in line and "| 3 (0,1,2) |" in line
 
 
-README_BLOCKS = {"results": ["results/ex_1"], "ablation": ["results/ex_1/sweeps/lr", "--baseline", "lr=0.001"]}
+README_BLOCKS = {"results": ["results/ex_1"], "ablation": ["results/ex_1/sweeps/lr", "--baseline", "lr=0.001"],
+                 "effects": ["results/ex_2/sweeps/factorial"]}
 
 
 @pytest.mark.parametrize("block", README_BLOCKS)
