@@ -1,12 +1,19 @@
-"""The console must never stop a run: a closed pipe (`| head`) or a full device (/dev/full)
-turns that stream off, with one warning on the other stream, and training goes on."""
+"""What reaches the console, and where it goes.
+
+The console must never stop a run: a closed pipe (`| head`) or a full device (/dev/full)
+turns that stream off, with one warning on the other stream, and training goes on. A plan's
+member in a process of its own sends its console to its log.txt (`output_to`); the --jobs
+launcher shows one line per running member (`LiveView`)."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sys
+import time
 
 from common.errors import os_reason
+from common.files import FILE_MODE
 
 LOG_INTERVAL_ENV = "CIFAR_LOG_INTERVAL_S"  # seconds between progress lines when not on a terminal (default 30)
 
@@ -59,3 +66,78 @@ def guard_console() -> None:
         sys.stdout = TolerantStream(sys.stdout, "stdout")
     if not isinstance(sys.stderr, TolerantStream):
         sys.stderr = TolerantStream(sys.stderr, "stderr")
+
+
+@contextlib.contextmanager
+def output_to(log_path: str | None):
+    """stdout and stderr (the file descriptors, so tqdm and C libraries too) appended to log_path,
+    put back afterwards; None: left alone."""
+    if log_path is None:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+    for target in (1, 2):
+        os.dup2(fd, target)
+    os.close(fd)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for target, original in zip((1, 2), saved):
+            os.dup2(original, target)
+            os.close(original)
+
+
+def last_line(path: str) -> str:
+    """The last non-empty line of a log (a progress bar's latest state), or ''."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 4096))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in tail.replace("\r", "\n").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class LiveView:
+    """Several processes' progress. On a terminal, a block of lines redrawn every second; elsewhere
+    (a log file, CI), the events and, every minute, the same block as plain lines."""
+    TTY_REFRESH_S, LOG_REFRESH_S = 1.0, 60.0
+
+    def __init__(self):
+        self.tty = sys.stdout.isatty()
+        self.drawn, self.last_draw = 0, 0.0
+
+    def draw(self, lines) -> None:
+        """`lines()`, called only when a redraw is due, gives the block."""
+        now = time.monotonic()
+        if now - self.last_draw < (self.TTY_REFRESH_S if self.tty else self.LOG_REFRESH_S):
+            return
+        self.last_draw = now
+        width = os.get_terminal_size().columns if self.tty else 160
+        block = [line[:width - 1] for line in lines()]
+        self.close()
+        print("\n".join(block), flush=True)
+        self.drawn = len(block) if self.tty else 0
+
+    def event(self, text: str) -> None:
+        self.close()
+        print(text, flush=True)
+        if self.tty:
+            self.last_draw = 0.0  # redraw the block under it at once
+
+    def close(self) -> None:
+        """Erase the block drawn on a terminal."""
+        if self.drawn:
+            sys.stdout.write(f"\x1b[{self.drawn}F\x1b[J")
+            self.drawn = 0

@@ -32,7 +32,7 @@ from common.metrics import classification_metrics
 from common.models import MODELS, build_model, count_parameters
 from common.torchfiles import load_state
 from common.optimizers import build_optimizer
-from common.plan import resume_command, script_path
+from common.plan import resume_command
 from common.train import epoch_seed, evaluate, predict, steps_per_epoch, train_one_epoch
 
 
@@ -80,7 +80,7 @@ def run(experiment: str, recipe: Recipe, options: Options, dataset: str, run_dir
     """
     if run_dir and os.path.isfile(runfolder.path(run_dir, runfolder.CONFIG)):
         raise UserError(f"{run_dir} holds a run already; continue it with "
-                        f"{resume_command(script_path(experiment), run_dir)}")
+                        f"{resume_command(experiment, run_dir)}")
     recipe = resolved_recipe(recipe)  # the model's normalization where the recipe leaves it open
     session = prepare(experiment, recipe, options, dataset)
     if not distributed.is_main():

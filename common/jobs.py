@@ -1,14 +1,13 @@
 """--jobs N: a plan's members as N processes at once on this machine, one live line each.
 
 Each member runs as `python -m common.member PLAN_DIR ID` with OMP_NUM_THREADS = cores / N
-(on a GPU they share it), its console output in its run folder's log.txt. The console shows
-one line per running member (the last line of its log) and the plan's progress: done /
-running / left, elapsed time and an ETA from the epochs done. Ctrl-C or SIGTERM stops every
-member cleanly (each marks its run interrupted); if this process is killed outright, the
-kernel sends each member SIGTERM (PR_SET_PDEATHSIG), so no member trains on unwatched.
-A member that fails in training does not stop the others; one that fails before training
-(data, device, disk) stops new starts, since every other would fail the same way. Each
-member's outcome is read from its run folder (common.member.outcome) and its exit code.
+(on a GPU they share it), its console in its run folder's log.txt. The console shows the last
+line of each running member's log and the plan's progress (done / running / left, elapsed, an
+ETA from the epochs done). Ctrl-C or SIGTERM stops every member cleanly (each marks its run
+interrupted); if this process is killed outright, the kernel sends each member SIGTERM
+(PR_SET_PDEATHSIG), so no member trains on unwatched. A member that fails in training does not
+stop the others; one that fails before training (data, device, disk) stops new starts, since
+every other would fail the same way. Outcomes are read from the members' run folders.
 """
 from __future__ import annotations
 
@@ -21,10 +20,9 @@ import sys
 import time
 
 from common import REPO_ROOT, plan, runfolder, stopping
+from common.console import LOG_INTERVAL_ENV, LiveView, duration, last_line
 from common.errors import UserError
-from common.console import LOG_INTERVAL_ENV
-from common.plan import Outcome, outcome
-TTY_REFRESH_S, LOG_REFRESH_S = 1.0, 60.0
+
 STOP_WAIT_S = 120  # a member stops within seconds of SIGTERM; past this it is killed
 
 
@@ -43,11 +41,13 @@ def start_member(the_plan: plan.Plan, member: plan.Member, threads: int) -> subp
                             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent)
 
 
-def run_parallel(the_plan: plan.Plan, members: list, jobs: int) -> list:
-    """The local-processes executor: `members`, `jobs` at a time; their Outcomes."""
-    todo, threads = list(members), max(1, (os.cpu_count() or 1) // jobs)
-    view = LiveView(the_plan, len(todo), jobs, threads)
-    running, outcomes, stopping_error = {}, [], None
+def run_parallel(the_plan: plan.Plan, members: list) -> list:
+    """The local-processes executor: `members`, the plan's --jobs at a time; their Outcomes."""
+    jobs = the_plan.launcher["jobs"]
+    todo, threads, start = list(members), max(1, (os.cpu_count() or 1) // jobs), time.monotonic()
+    view, running, outcomes, stopping_error = LiveView(), {}, [], None
+    print(f"{the_plan.name}: {len(todo)} member(s) to run, {jobs} at once, {threads} CPU thread(s) each; "
+          f"logs: <run folder>/{runfolder.LOG}", flush=True)
     try:
         while todo or running:
             while todo and len(running) < jobs and stopping_error is None:
@@ -64,7 +64,8 @@ def run_parallel(the_plan: plan.Plan, members: list, jobs: int) -> list:
                     stopping_error = stopping_error or fatal
             if stopping_error:
                 todo.clear()
-            view.draw([m for _, m in running.values()], len(todo), len(outcomes))
+            view.draw(lambda: live_lines(the_plan.name, [m for _, m in running.values()], len(todo), len(outcomes),
+                                         len(members), start))
             time.sleep(0.25)
             stopping.check()
     except KeyboardInterrupt:
@@ -80,10 +81,10 @@ def run_parallel(the_plan: plan.Plan, members: list, jobs: int) -> list:
 def finished(proc: subprocess.Popen, member: plan.Member) -> tuple:
     """(its Outcome, None) or, for a failure before its training, (its Outcome, the error that stops the plan)."""
     if proc.returncode == runfolder.BUSY_EXIT:
-        return Outcome(member, runfolder.RUNNING), None  # another process trains it: no failure of this plan
-    result = outcome(member)
+        return plan.Outcome(member, runfolder.RUNNING), None  # another process trains it: no failure of this plan
+    result = plan.outcome(member)
     if proc.returncode == 1 and result.status != runfolder.FAILED:
-        error = last_line(runfolder.path(member.run_dir, runfolder.LOG))
+        error = last_line(runfolder.path(member.run_dir, runfolder.LOG))  # the member's own last words
         error = error[len("error: "):] if error.startswith("error: ") else "exit code 1 (its error is printed above)"
         return dataclasses.replace(result, error=error), f"{member.id}: {error}"
     if proc.returncode not in (0, 1) and result.error is None:
@@ -91,7 +92,7 @@ def finished(proc: subprocess.Popen, member: plan.Member) -> tuple:
     return result, None
 
 
-def summary_words(result: Outcome) -> str:
+def summary_words(result: plan.Outcome) -> str:
     if result.error is not None:
         return result.error
     if result.status == runfolder.RUNNING:
@@ -102,7 +103,7 @@ def summary_words(result: Outcome) -> str:
         return result.status
 
 
-def stop_all(running: dict, view) -> None:
+def stop_all(running: dict, view: LiveView) -> None:
     """SIGTERM to every member (a terminal's Ctrl-C reached them already; a second signal is ignored), then wait."""
     for proc, _ in running.values():
         if proc.poll() is None:
@@ -115,19 +116,16 @@ def stop_all(running: dict, view) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        view.event(f"stopped {member.id} ({plan.member_status(member)})")
+        view.event(f"stopped {member.id} ({runfolder.status(member.run_dir)})")
 
 
-def last_line(path: str) -> str:
-    """The last non-empty line of a log (a progress bar's latest state), or ''."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.path.getsize(path) - 4096))
-            tail = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    lines = [line.strip() for line in tail.replace("\r", "\n").splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+def live_lines(name: str, running: list, left: int, finished: int, total: int, start: float) -> list:
+    """The running members' last log lines, then the plan's progress with an ETA from the epochs done."""
+    share = (finished + sum(epochs_share(m) for m in running)) / max(1, total)
+    elapsed = time.monotonic() - start
+    eta = duration(elapsed * (1 - share) / share) if share > 0 else "?"
+    return [f"  {m.id}: {last_line(runfolder.path(m.run_dir, runfolder.LOG))}" for m in running] + \
+        [f"{name}: {finished} done, {len(running)} running, {left} left | {duration(elapsed)} elapsed | ETA {eta}"]
 
 
 def epochs_share(member: plan.Member) -> float:
@@ -137,53 +135,3 @@ def epochs_share(member: plan.Member) -> float:
         return min(1.0, train["epochs_done"] / max(1, train["epochs_planned"]))
     except (UserError, KeyError, TypeError):
         return 0.0
-
-
-def duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-class LiveView:
-    """On a terminal, a block redrawn every second: one line per running member, then the plan's
-    progress. Elsewhere (a log file, CI), the events and, every minute, the same block as lines."""
-
-    def __init__(self, the_plan: plan.Plan, total: int, jobs: int, threads: int):
-        self.plan, self.total, self.start = the_plan, total, time.monotonic()
-        self.tty = sys.stdout.isatty()
-        self.drawn, self.last_draw = 0, 0.0
-        print(f"{the_plan.name}: {total} member(s) to run, {jobs} at once, {threads} CPU thread(s) each; "
-              f"logs: <run folder>/{runfolder.LOG}", flush=True)
-
-    def progress(self, running: list, left: int, finished: int) -> str:
-        share = (finished + sum(epochs_share(m) for m in running)) / max(1, self.total)
-        elapsed = time.monotonic() - self.start
-        eta = duration(elapsed * (1 - share) / share) if share > 0 else "?"
-        return (f"{self.plan.name}: {finished} done, {len(running)} running, {left} left | "
-                f"{duration(elapsed)} elapsed | ETA {eta}")
-
-    def draw(self, running: list, left: int, finished: int) -> None:
-        now = time.monotonic()
-        if now - self.last_draw < (TTY_REFRESH_S if self.tty else LOG_REFRESH_S):
-            return
-        self.last_draw = now
-        width = os.get_terminal_size().columns if self.tty else 160
-        lines = [f"  {m.id}: {last_line(runfolder.path(m.run_dir, runfolder.LOG))}"[:width - 1] for m in running]
-        lines.append(self.progress(running, left, finished)[:width - 1])
-        self._erase()
-        print("\n".join(lines), flush=True)
-        self.drawn = len(lines) if self.tty else 0
-
-    def event(self, text: str) -> None:
-        self._erase()
-        print(text, flush=True)
-        if self.tty:
-            self.last_draw = 0.0  # redraw the block under it at once
-
-    def _erase(self) -> None:
-        if self.drawn:
-            sys.stdout.write(f"\x1b[{self.drawn}F\x1b[J")
-            self.drawn = 0
-
-    def close(self) -> None:
-        self._erase()

@@ -21,36 +21,12 @@ import sys
 
 from common import distributed, experiment, plan, runfolder
 from common.config import resolved_recipe, to_dict
+from common.console import output_to
 from common.devices import request_huge_pages
 from common.errors import UserError
-from common.files import FILE_MODE
 from common.stopping import STOP_SIGNALS, Stopped, end_quietly, stop_on_signals
 
 MEMBER_SIGNALS = STOP_SIGNALS + (signal.SIGUSR2,)  # Slurm's time-out warning stops a member too
-
-
-@contextlib.contextmanager
-def output_to(log_path: str | None):
-    """stdout and stderr (the file descriptors, so tqdm and C libraries too) appended to log_path,
-    put back afterwards; None: left alone."""
-    if log_path is None:
-        yield
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for target, original in zip((1, 2), saved):
-            os.dup2(original, target)
-            os.close(original)
 
 
 def run_member(the_plan: plan.Plan, member: plan.Member, log: bool = False, when_stopped=lambda: "") -> plan.Outcome:
@@ -69,7 +45,7 @@ def run_member(the_plan: plan.Plan, member: plan.Member, log: bool = False, when
             raise
         return plan.Outcome(member, runfolder.RUNNING)
     except UserError:
-        if not the_plan.kept or plan.member_status(member) != runfolder.FAILED:
+        if not the_plan.kept or runfolder.status(member.run_dir) != runfolder.FAILED:
             raise  # a lone run's error is the command's; one before training would stop every member alike
     finally:
         if created and os.path.isdir(member.run_dir) and not os.listdir(member.run_dir):
@@ -125,13 +101,9 @@ def run_inline(the_plan: plan.Plan, members: list) -> list:
 
 
 def run_alone(plan_dir: str, member_id: str, when_stopped=lambda: "") -> plan.Outcome:
-    """One member in a process of its own (a --jobs child, a Slurm task), its console in log.txt."""
+    """One member in a process of its own (a --jobs child, a Slurm task: its threads are OMP_NUM_THREADS), its
+    console in log.txt."""
     the_plan = plan.read_plan(plan_dir)
-    threads = os.environ.get("SLURM_CPUS_PER_TASK")
-    if threads:  # a Slurm task uses the CPUs it was given
-        import torch
-
-        torch.set_num_threads(int(threads))
     return run_member(the_plan, the_plan.member(member_id), log=True, when_stopped=when_stopped)
 
 

@@ -98,7 +98,11 @@ def make_plan(command, now: str) -> Plan:
                     run_dir = os.path.join(command.options.out, runfolder.DATASET_FOLDERS[dataset],
                                            now + (f"_seed{seed}" if len(seeds) > 1 else ""))
                 members.append(Member(os.path.relpath(run_dir, folder), dataset, recipe, options, run_dir))
-    _check_distinct(members)
+    ids = [m.id for m in members]
+    shared = sorted({i for i in ids if ids.count(i) > 1})  # two members in one folder would be one run
+    if shared:
+        raise UserError(f"two members of this plan would share the folder {shared[0]}: give values that differ "
+                        f"in their folder names")
     return Plan(folder, command.experiment, launch.name or now, command.script_recipe, sweep, tuple(members), {},
                 kept=named or len(members) > 1 or launch.launcher == "slurm")
 
@@ -120,41 +124,25 @@ def with_device(plan: Plan, device: str) -> Plan:
 
 def statuses(plan: Plan) -> dict:
     """{member id: its status now}: what sweep.json records."""
-    return {m.id: member_status(m) for m in plan.members}
+    return {m.id: runfolder.status(m.run_dir) for m in plan.members}
 
 
 def todo(plan: Plan) -> list:
     """The members left to run: neither complete nor running in another process."""
-    return [m for m in plan.members if member_status(m) not in (runfolder.COMPLETED, runfolder.RUNNING)]
-
-
-def _check_distinct(members: list) -> None:
-    """Two members in one folder would be one run: refuse the plan before anything is written."""
-    seen = set()
-    for member in members:
-        if member.id in seen:
-            raise UserError(f"two members of this plan would share the folder {member.id}: give values that differ "
-                            f"in their folder names")
-        seen.add(member.id)
-
-
-def plan_record(plan: Plan, statuses: dict | None = None) -> dict:
-    return {"format": PLAN_FORMAT, "experiment": plan.experiment, "name": plan.name,
-            "created": provenance.now(), "command": provenance.command_line(),
-            "script_recipe": to_dict(plan.script_recipe),
-            "sweep": [[name, list(values)] for name, values in plan.sweep], "launcher": plan.launcher,
-            "members": [{"id": m.id, "dataset": m.dataset, "run_dir": m.id, "recipe": to_dict(m.recipe),
-                         "options": to_dict(m.options), "status": (statuses or {}).get(m.id, runfolder.NOT_STARTED)}
-                        for m in plan.members]}
+    return [m for m in plan.members if runfolder.status(m.run_dir) not in (runfolder.COMPLETED, runfolder.RUNNING)]
 
 
 def write_plan(plan: Plan, statuses: dict | None = None) -> None:
     """sweep.json; `created` and `command` stay the first launcher's."""
     path = os.path.join(plan.folder, PLAN_FILE)
-    record = plan_record(plan, statuses)
-    if os.path.exists(path):
-        old = runfolder.read_json(path)
-        record["created"], record["command"] = old.get("created"), old.get("command")
+    old = runfolder.read_json(path) if os.path.exists(path) else {}
+    record = {"format": PLAN_FORMAT, "experiment": plan.experiment, "name": plan.name,
+              "created": old.get("created", provenance.now()), "command": old.get("command", provenance.command_line()),
+              "script_recipe": to_dict(plan.script_recipe),
+              "sweep": [[name, list(values)] for name, values in plan.sweep], "launcher": plan.launcher,
+              "members": [{"id": m.id, "dataset": m.dataset, "run_dir": m.id, "recipe": to_dict(m.recipe),
+                           "options": to_dict(m.options), "status": (statuses or {}).get(m.id, runfolder.NOT_STARTED)}
+                          for m in plan.members]}
     os.makedirs(plan.folder, exist_ok=True)
     runfolder.write_json(path, record)
 
@@ -208,22 +196,6 @@ def same_members(a: Plan, b: Plan) -> bool:
     return key(a) == key(b)
 
 
-def member_status(member: Member) -> str:
-    """completed, running (its lock is held), interrupted, failed, running-but-gone (killed), or not started."""
-    run_dir = member.run_dir
-    if runfolder.is_complete(run_dir):
-        return runfolder.COMPLETED
-    if runfolder.is_locked(run_dir):
-        return runfolder.RUNNING
-    if not os.path.isfile(runfolder.path(run_dir, runfolder.TRAIN)):
-        return runfolder.NOT_STARTED
-    try:
-        status = runfolder.read_json(runfolder.path(run_dir, runfolder.TRAIN)).get("status")
-    except (UserError, AttributeError):
-        return runfolder.DAMAGED
-    return runfolder.KILLED if status == runfolder.RUNNING else str(status)
-
-
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     """How a member ended this time, as its run folder says: a runfolder status (RUNNING: another
@@ -236,7 +208,7 @@ class Outcome:
 
 def outcome(member: Member) -> Outcome:
     """The member's outcome, read from its run folder."""
-    status = member_status(member)
+    status = runfolder.status(member.run_dir)
     try:
         train = runfolder.read_json(runfolder.path(member.run_dir, runfolder.TRAIN))
     except UserError:
@@ -246,28 +218,28 @@ def outcome(member: Member) -> Outcome:
     return Outcome(member, status, error, bool(train.get("diverged")))
 
 
-def resume_command(script: str, target: str) -> str:
+def resume_command(experiment: str, target: str) -> str:
     """The one command that continues a plan or a run folder: what every message prints."""
-    return f"python {script} --resume {shlex.quote(target)}"
+    return f"python {script_path(experiment)} --resume {shlex.quote(target)}"
 
 
 def script_path(experiment: str) -> str:
-    """How to name ex_N.py in a command: relative when the repo is the current folder."""
+    """How to name ex_N.py in a command: relative to the current folder when inside it."""
     path = os.path.join(REPO_ROOT, experiment + ".py")
-    return os.path.relpath(path) if os.path.abspath(os.getcwd()) == REPO_ROOT else shlex.quote(path)
+    relative = os.path.relpath(path)
+    return shlex.quote(path if relative.startswith("..") else relative)
 
 
 # --- the command's plan: read, or made (common.launch) ---------------------------------------------
 
-LAUNCHER_FIELDS = {"kind": "launcher", "jobs": "jobs", "slurm_partition": "slurm_partition",
-                   "slurm_time": "slurm_time", "slurm_gpus": "slurm_gpus", "slurm_cpus": "slurm_cpus",
-                   "slurm_parallel": "slurm_parallel"}
+LAUNCHER_FIELDS = {"kind": "launcher", **{name: name for name in ("jobs", "slurm_partition", "slurm_time", "slurm_gpus",
+                                                                  "slurm_cpus", "slurm_parallel")}}  # sweep.json: Launch
 
 
-def of_command(command, script: str) -> Plan:
+def of_command(command) -> Plan:
     """--resume's plan (a plan folder, or a run folder's one-member plan), or the command's own; with the
     device and launcher flags given now applied to it, once."""
-    the_plan = _resumed(command) if command.launch.resume else _made(command, script)
+    the_plan = _resumed(command) if command.launch.resume else _made(command)
     if "device" in command.given:
         the_plan = with_device(the_plan, command.options.device)
     return dataclasses.replace(the_plan, launcher=launcher_settings(the_plan, command))
@@ -279,11 +251,11 @@ def _resumed(command) -> Plan:
     the_plan = read_plan(target) if kept else from_run_folder(target)
     if the_plan.experiment != command.experiment:
         raise UserError(f"{target} is a {'plan' if kept else 'run'} of {the_plan.experiment}, not {command.experiment}; "
-                        f"continue it with {resume_command(script_path(the_plan.experiment), target)}")
+                        f"continue it with {resume_command(the_plan.experiment, target)}")
     return the_plan
 
 
-def _made(command, script: str) -> Plan:
+def _made(command) -> Plan:
     """The command's plan; an unnamed one gets the start time (rank 0's, under torchrun), and a suffix if
     that is taken. A kept plan named like one on disk continues it, if it has the same members."""
     now = distributed.broadcast(stamp())
@@ -299,19 +271,16 @@ def _made(command, script: str) -> Plan:
     stored = read_plan(the_plan.folder)
     if not same_members(stored, the_plan):
         raise UserError(f"{the_plan.folder} holds another plan named {the_plan.name!r} (other members); give "
-                        f"another --name, or continue it with {resume_command(script, the_plan.folder)}")
+                        f"another --name, or continue it with {resume_command(command.experiment, the_plan.folder)}")
     return stored
 
 
 def launcher_settings(the_plan: Plan, command) -> dict:
-    """The flags given now, else what the plan's last launcher used, else the defaults."""
+    """The flags given now, else what the plan's last launcher used, else the defaults; and what the
+    plan's launcher recorded besides (the Slurm array tasks submitted so far: common.slurm)."""
     stored = the_plan.launcher
-    settings = {key: stored.get(key, getattr(command.launch, name)) for key, name in LAUNCHER_FIELDS.items()}
-    settings.update({key: getattr(command.launch, name) for key, name in LAUNCHER_FIELDS.items()
-                     if name in command.given})
-    if stored.get("slurm_jobs"):
-        settings["slurm_jobs"] = stored["slurm_jobs"]  # the array tasks submitted so far (common.slurm)
-    return settings
+    return {**stored, **{key: getattr(command.launch, name) if name in command.given else
+                         stored.get(key, getattr(command.launch, name)) for key, name in LAUNCHER_FIELDS.items()}}
 
 
 def describe(plan: Plan) -> str:
@@ -322,6 +291,7 @@ def describe(plan: Plan) -> str:
 
 def main(argv: list) -> None:
     """python -m common.plan PLAN_DIR: each member's status, now."""
+    import collections
     import sys
 
     if len(argv) != 1:
@@ -330,12 +300,9 @@ def main(argv: list) -> None:
         the_plan = read_plan(argv[0])
     except UserError as e:
         sys.exit(f"error: {e}")
-    statuses = [(m, member_status(m)) for m in the_plan.members]
-    print(describe(the_plan))
-    for member, status in statuses:
-        print(f"  {member.id}: {status}")
-    counts = {s: sum(1 for _, x in statuses if x == s) for s in sorted({x for _, x in statuses})}
-    print(", ".join(f"{n} {s}" for s, n in counts.items()))
+    now = statuses(the_plan)
+    print(describe(the_plan) + "".join(f"\n  {member_id}: {status}" for member_id, status in now.items()))
+    print(", ".join(f"{n} {status}" for status, n in sorted(collections.Counter(now.values()).items())))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ LOSS_PNG, ACCURACY_PNG = "loss.png", "accuracy.png"
 CONFUSION_PNG, ERRORS_PNG, CALIBRATION_PNG = "confusion_matrix.png", "errors.png", "calibration.png"
 DATASET_FOLDERS = {"cifar10": "cifar_10", "cifar100": "cifar_100"}
 STATUSES = RUNNING, COMPLETED, INTERRUPTED, FAILED = ("running", "completed", "interrupted", "failed")  # train.json's
-# A plan member's status beside those (common.plan.member_status): its folder's state seen from outside.
+# A run folder's status beside those (status(), common.slurm): its state seen from outside.
 NOT_STARTED, KILLED, DAMAGED, QUEUED = "not started", "killed", "damaged", "queued"
 CHECKPOINT_FORMAT = "cifar-experiments-checkpoint/2"
 
@@ -143,6 +143,22 @@ def is_locked(run_dir: str) -> bool:
         return True
     finally:
         os.close(fd)  # drops the probe's own lock (this process held none on the file)
+
+
+def status(run_dir: str) -> str:
+    """completed, running (its lock is held), interrupted, failed, killed (train.json says running but
+    no process holds the lock), damaged, or not started."""
+    if is_complete(run_dir):
+        return COMPLETED
+    if is_locked(run_dir):
+        return RUNNING
+    if not os.path.isfile(path(run_dir, TRAIN)):
+        return NOT_STARTED
+    try:
+        written = read_json(path(run_dir, TRAIN)).get("status")
+    except (UserError, AttributeError):
+        return DAMAGED
+    return KILLED if written == RUNNING else str(written)
 
 
 def claim(run_dir: str) -> None:

@@ -80,12 +80,8 @@ def why_not_requeue(plan_dir: str) -> str | None:
         return None
     if not os.path.isfile(pickle):
         return (f"its Slurm folder is gone ({os.path.dirname(pickle)}; submitit needs it to restart the task); "
-                f"continue the plan with: {plan.resume_command(script_path_of(plan_dir), plan_dir)}")
+                f"continue the plan with: {plan.resume_command(plan.read_plan(plan_dir).experiment, plan_dir)}")
     return None
-
-
-def script_path_of(plan_dir: str) -> str:
-    return plan.script_path(plan.read_plan(plan_dir).experiment)
 
 
 def requeue(submitit_requeue) -> None:
@@ -101,7 +97,7 @@ def requeue(submitit_requeue) -> None:
         sys.exit(-1)
 
 
-def submit(the_plan: plan.Plan, members: list, settings: dict, script: str) -> list:
+def submit(the_plan: plan.Plan, members: list) -> list:
     """The Slurm executor: submit `members` but those still in Slurm's queue; print the job id and the
     commands to watch, resume and compare; their Outcomes (QUEUED)."""
     try:
@@ -116,7 +112,7 @@ def submit(the_plan: plan.Plan, members: list, settings: dict, script: str) -> l
         print(f"{the_plan.name}: nothing left to submit (every member is complete, running or in the queue)")
         return []
     executor = submitit.AutoExecutor(folder=os.path.join(the_plan.folder, "slurm", "%j"), cluster="slurm")
-    executor.update_parameters(**slurm_parameters(the_plan, settings, len(todo)))
+    executor.update_parameters(**slurm_parameters(the_plan, len(todo)))
     try:
         jobs = executor.map_array(SlurmMember(), [the_plan.folder] * len(todo), [m.id for m in todo])
     except (subprocess.CalledProcessError, OSError, RuntimeError) as e:
@@ -127,7 +123,7 @@ def submit(the_plan: plan.Plan, members: list, settings: dict, script: str) -> l
     print(f"submitted {len(todo)} member(s) of {the_plan.name} as Slurm job array {array}\n"
           f"  watch:   squeue -j {array}   |   python -m common.plan {folder}   |   tail -f {folder}/"
           f"{shlex.quote(todo[0].id)}/log.txt\n"
-          f"  resume:  {plan.resume_command(script, the_plan.folder)}   (submits only what is left)\n"
+          f"  resume:  {plan.resume_command(the_plan.experiment, the_plan.folder)}   (submits only what is left)\n"
           f"  compare: python -m common.compare {folder}", flush=True)
     return [plan.Outcome(m, runfolder.QUEUED) for m in todo]
 
@@ -155,7 +151,8 @@ def record_jobs(the_plan: plan.Plan, submitted: dict) -> None:
     plan.write_plan(the_plan, plan.statuses(the_plan))
 
 
-def slurm_parameters(the_plan: plan.Plan, settings: dict, tasks: int) -> dict:
+def slurm_parameters(the_plan: plan.Plan, tasks: int) -> dict:
+    settings = the_plan.launcher
     params = {"name": f"{the_plan.experiment}.{the_plan.name}", "timeout_min": settings["slurm_time"],
               "cpus_per_task": settings["slurm_cpus"], "tasks_per_node": 1, "nodes": 1,
               "slurm_array_parallelism": settings["slurm_parallel"] or tasks,

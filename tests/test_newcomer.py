@@ -132,8 +132,8 @@ def test_llm_prompt_lists_every_flag_as_declared_and_names_every_run_folder_file
 
 # common/ is layered: each module imports only modules of the floors below it.
 FLOORS = [{"errors", "stopping"},
-          {"files", "devices", "distributed", "metrics", "console", "stats", "reference", "torchfiles"},
-          {"download", "provenance", "augment", "optimizers", "schedules"}, {"models", "data"}, {"config"},
+          {"files", "devices", "distributed", "metrics", "stats", "reference", "torchfiles"},
+          {"download", "console", "provenance", "augment", "optimizers", "schedules"}, {"models", "data"}, {"config"},
           {"cli", "runfolder", "factorial"}, {"train", "plots", "plan"}, {"experiment", "compare", "jobs"}, {"member"}, {"slurm"},
           {"launch"}]
 

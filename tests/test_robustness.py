@@ -111,7 +111,9 @@ def test_a_silent_mirror_stops_the_run_with_one_line_within_two_minutes(tmp_path
         result = run_script("ex_1.py", "--dataset", "cifar10", "--data-dir", str(tmp_path / "d"),
                             "--out", str(tmp_path / "o"), env={"CIFAR_MIRROR": mirror, **env}, timeout=150)
         elapsed = time.perf_counter() - start
-    assert result.returncode == 1 and elapsed < 20
+    # the message shows the 3 s time-out applied; the bound, that nothing hung (torch's import alone
+    # takes 4-25 s on a busy 2-core machine)
+    assert result.returncode == 1 and elapsed < 60
     _one_error_line(result, mirror + "cifar-10-python.tar.gz", "timed out", f"no answer within {timeout_env} s")
     assert os.listdir(tmp_path / "d") == []  # no partial archive
 
