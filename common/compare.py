@@ -8,9 +8,9 @@
 A row is one recipe run with several seeds. Runs share a row only when, by their config.json,
 they agree on the experiment, the dataset, every recipe field and every option that can
 change the numbers (common.config.recipe_key_fields), the data (test file's sha256), the
-hardware (GPU name, or CPU model), the torch build and CUDA version, the precision, and the
-threads x processes; only the seed differs, and a seed repeated in a row counts once (the
-newest folder; the table says which it kept). A row lists the code versions its runs came
+hardware (GPU name, or CPU model and its vector ISA), the torch build and CUDA version, the
+precision, and the threads x processes; only the seed differs, and a seed repeated in a row
+counts once (the newest folder; the table says which it kept). A row lists the code versions its runs came
 from, a `*` marking a run started from a modified tree.
 
 Per row: n seeds, the best validation accuracy (the selection metric) and the test accuracy,
@@ -129,12 +129,13 @@ def data_label(record) -> str:
 
 
 def hardware_label(env: dict) -> str:
-    """The GPU's name, or the CPU's model."""
+    """The GPU's name, or the CPU's model and the vector ISA its kernels used (where recorded)."""
     if env.get("gpu"):
         return str(env["gpu"])
     if env.get("device", "cpu") != "cpu":
         return str(env.get("device"))
-    return f"CPU {env['cpu']}" if env.get("cpu") else "CPU (model not recorded)"
+    model = f"CPU {env['cpu']}" if env.get("cpu") else "CPU (model not recorded)"
+    return model + (f" {env['cpu_capability']}" if env.get("cpu_capability") else "")  # absent from older run folders
 
 
 def software_label(env: dict) -> str:
@@ -583,7 +584,11 @@ def reference_table(rows: list) -> str:
     with the gap (report minus our mean) and its 95% CI: our mean's interval, the report's one run fixed."""
     lines = ["| experiment | dataset | n (seeds) | test acc, mean ± std | 95% CI of the mean | report "
              "| gap: report − ours [95% CI] |", "|" + "---|" * 7]
-    measured = {(row.record.experiment, row.record.dataset): row for row in reversed(reference_rows(rows))}
+    measured = {}
+    for row in reference_rows(rows):  # per cell, the row with the most seeds (the first of equals)
+        key = (row.record.experiment, row.record.dataset)
+        if key not in measured or len(row.runs) > len(measured[key].runs):
+            measured[key] = row
     for experiment, cells in REPORT.items():
         for dataset, report in cells.items():
             row = measured.get((experiment, dataset))

@@ -39,6 +39,8 @@ def environment(device: torch.device, amp: bool) -> dict:
         "platform": platform.platform(),
         "device": str(device),
         "cpu": cpu_model(),
+        # the vector ISA torch's CPU kernels use (AVX2, AVX512, ...): it changes their rounding, so the numbers
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "precision": str(amp_dtype(device, amp) or torch.float32).removeprefix("torch."),  # what the math ran in

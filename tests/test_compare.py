@@ -24,6 +24,11 @@ def seeded_runs(smoke_data, tmp_path_factory):
     return root
 
 
+def _cpu() -> str:
+    """compare's label for this machine's CPU: its model and the vector ISA torch's kernels use."""
+    return f"CPU {cpu_model()} {torch.backends.cpu.get_cpu_capability()}"
+
+
 def test_seeds_give_one_run_folder_each(seeded_runs):
     for exp in ("ex_1", "ex_2"):
         runs = sorted(os.listdir(seeded_runs / exp / "cifar_10"))
@@ -67,7 +72,7 @@ def test_compare_table_matches_the_run_folders(seeded_runs, tmp_path):
     assert "| ex_1 | 2 of 50 epochs; batch size 32 | 3 (0,1,2) |" in text
     assert "| ex_2 | 1 of 100 epochs; batch size 32; image size 32 | 3 (0,1,2) |" in text
     threads = json.load(open(first / "config.json"))["environment"]["torch_threads"]
-    assert (f"· synthetic · CPU {cpu_model()} · torch {torch.__version__} · {threads} thread{'s' * (threads != 1)}"
+    assert (f"· synthetic · {_cpu()} · torch {torch.__version__} · {threads} thread{'s' * (threads != 1)}"
             f" x 1 process · float32") in text
     assert "2000-01-01_00-00-00: interrupted" in text
 
@@ -98,10 +103,10 @@ def test_runs_on_other_hardware_or_without_pretrained_weights_are_rows_of_their_
     text = compare.markdown(rows, runs)
     changes = "2 of 50 epochs; batch size 32"
     threads = json.load(open(first / "config.json"))["environment"]["torch_threads"]
-    assert (f"· synthetic · CPU {cpu_model()} · torch {torch.__version__} · {threads} thread{'s' * (threads != 1)}"
+    assert (f"· synthetic · {_cpu()} · torch {torch.__version__} · {threads} thread{'s' * (threads != 1)}"
             f" x 1 process · float32") in text
     assert "· synthetic · NVIDIA H100 80GB HBM3 · torch" in text and "CUDA 13.0" in text
-    assert f"· synthetic · CPU {cpu_model()} · torch 2.11.0+cu130 · {threads} thread" in text  # another torch build
+    assert f"· synthetic · {_cpu()} · torch 2.11.0+cu130 · {threads} thread" in text  # another torch build
     assert f"| ex_1 | {changes} | 3 (0,1,2) |" in text and f"| ex_1 | {changes} | 1 (0) |" in text
     assert f"| ex_1 from scratch | model efficientnet_v2_s; {changes} | 1 (0) |" in text
 

@@ -143,12 +143,13 @@ def test_the_gap_to_the_report_and_its_interval_by_hand():
 
 # --- compare on fabricated run folders ----------------------------------------------------------
 
-def fabricate(source, dest, fields=None, seed=0, test=None, val=None, threads=None, precision=None):
+def fabricate(source, dest, fields=None, seed=0, test=None, val=None, threads=None, precision=None, isa=None):
     """A copy of a complete run folder with other recipe fields, seed, accuracies or environment."""
     shutil.copytree(source, dest, ignore=shutil.ignore_patterns("*.pth", "*.png", ".lock"))
     edits = {"config.json": lambda c: (c["config"].update(fields or {}, seed=seed), c.update(seed=seed),
                                        threads and c["environment"].update(torch_threads=threads),
-                                       precision and c["environment"].update(precision=precision)),
+                                       precision and c["environment"].update(precision=precision),
+                                       isa and c["environment"].update(cpu_capability=isa)),
              "test.json": lambda t: test is not None and t.update(accuracy=test),
              "train.json": lambda t: val is not None and t.update(best_val_accuracy=val)}
     for name, edit in edits.items():
@@ -209,6 +210,21 @@ def test_thread_counts_and_precisions_make_separate_rows(smoke_run, tmp_path):
     labels = {(compare.summarize_row(r)["threads"], compare.summarize_row(r)["precision"]) for r in rows}
     assert labels == {("1 thread x 1 process", "float32"), ("2 threads x 1 process", "float32"),
                       ("2 threads x 1 process", "bfloat16")}
+
+
+def test_the_cpus_vector_isa_makes_separate_rows_and_the_results_cell_takes_the_most_seeds(smoke_run, tmp_path,
+                                                                                             monkeypatch):
+    """Kernels for AVX2 and AVX512 round differently: the same seed gives other numbers, so other rows."""
+    fabricate(smoke_run, tmp_path / "avx2", seed=0, isa="AVX2", test=0.70)
+    for seed in (0, 1, 2):
+        fabricate(smoke_run, tmp_path / f"avx512-{seed}", seed=seed, isa="AVX512", test=0.71)
+    rows = compare.build_rows(compare.collect([str(tmp_path)]))
+    assert sorted((compare.summarize_row(r)["hardware"].split()[-1], len(r.runs)) for r in rows) == \
+        [("AVX2", 1), ("AVX512", 3)]
+    monkeypatch.setattr(compare, "reference_rows", lambda rows: rows)  # the smoke runs stand in for real ones
+    for order in (rows, rows[::-1]):
+        (line,) = [x for x in compare.reference_table(order).splitlines() if x.startswith("| ex_1 | CIFAR-10 |")]
+        assert "| 3 (0,1,2) |" in line, line
 
 
 def test_the_results_block_gives_the_gap_to_the_report_with_its_interval(smoke_run, tmp_path):
