@@ -227,6 +227,34 @@ def test_the_cpus_vector_isa_makes_separate_rows_and_the_results_cell_takes_the_
         assert "| 3 (0,1,2) |" in line, line
 
 
+def test_of_two_three_seed_rows_the_results_cell_takes_the_one_with_predictions_then_the_newest(
+        smoke_run, tmp_path, monkeypatch):
+    """README's headline must be the row whose every run keeps predictions.npz (paired tests read it)."""
+    def three_seeds(isa, test, start):
+        for seed in (0, 1, 2):
+            run = fabricate(smoke_run, tmp_path / f"{isa}-{seed}", seed=seed, isa=isa, test=test)
+            config = json.load(open(run / "config.json"))
+            (run / "config.json").write_text(json.dumps({**config, "start_time": start}))
+        return tmp_path / f"{isa}-0"
+
+    monkeypatch.setattr(compare, "reference_rows", lambda rows: rows)  # the smoke runs stand in for real ones
+
+    def headline(accuracies):
+        rows = compare.build_rows(compare.collect([str(tmp_path)]))
+        cells = []
+        for order in (rows, rows[::-1]):
+            (line,) = [x for x in compare.reference_table(order).splitlines() if x.startswith("| ex_1 | CIFAR-10 |")]
+            cells.append([a for a in accuracies if f"| {a:.4f} ± " in line])
+        return cells
+
+    without = three_seeds("AVX2", 0.70, "2026-12-02T06:24:51+00:00")
+    three_seeds("AVX512", 0.71, "2026-11-27T20:26:35+00:00")
+    (without / "predictions.npz").unlink()
+    assert headline([0.70, 0.71]) == [[0.71], [0.71]]  # newer, but one run lacks predictions
+    three_seeds("AMX", 0.72, "2026-12-02T11:00:00+00:00")
+    assert headline([0.70, 0.71, 0.72]) == [[0.72], [0.72]]  # both keep them: the newest
+
+
 def test_the_results_block_gives_the_gap_to_the_report_with_its_interval(smoke_run, tmp_path):
     from common.reference import REPORT
 
