@@ -44,7 +44,7 @@ def main(recipe, description: str, script_file: str, argv: list | None = None) -
         _fail(f"error: {e}")
     except KeyboardInterrupt as e:
         print(stop_message(the_plan), file=sys.stderr, flush=True)
-        sys.exit(128 + getattr(e, "signum", signal.SIGINT))
+        stopping.exit_decided(128 + getattr(e, "signum", signal.SIGINT))
     except RuntimeError as e:
         if not distributed.peer_failure(e):
             raise
@@ -64,9 +64,8 @@ def dry_run(command) -> dict:
 
 def _fail(message: str):
     """Exit 1 with one line; a stop signal after it (torchrun stopping the workers left) ends the process silently."""
-    stopping.end_quietly()
     print(message, file=sys.stderr, flush=True)
-    sys.exit(1)
+    stopping.exit_decided(1)
 
 
 def execute(the_plan: plan.Plan) -> list:

@@ -24,7 +24,7 @@ from common.config import resolved_recipe, to_dict
 from common.console import output_to
 from common.devices import request_huge_pages
 from common.errors import UserError
-from common.stopping import STOP_SIGNALS, Stopped, end_quietly, stop_on_signals
+from common.stopping import STOP_SIGNALS, Stopped, exit_decided, stop_on_signals
 
 MEMBER_SIGNALS = STOP_SIGNALS + (signal.SIGUSR2,)  # Slurm's time-out warning stops a member too
 
@@ -115,12 +115,11 @@ def main(argv: list) -> None:
     try:
         result = run_alone(*argv)
     except UserError as e:
-        end_quietly(MEMBER_SIGNALS)  # the launcher may stop it while it exits: no traceback
         print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        exit_decided(1, MEMBER_SIGNALS)  # the launcher may stop it while it exits: no traceback
     except KeyboardInterrupt as e:
-        sys.exit(128 + getattr(e, "signum", signal.SIGINT))
-    sys.exit({runfolder.RUNNING: runfolder.BUSY_EXIT, runfolder.FAILED: 1}.get(result.status, 0))
+        exit_decided(128 + getattr(e, "signum", signal.SIGINT), MEMBER_SIGNALS)
+    exit_decided({runfolder.RUNNING: runfolder.BUSY_EXIT, runfolder.FAILED: 1}.get(result.status, 0), MEMBER_SIGNALS)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,16 @@ the raise alone can be lost; the record cannot: the loops call `check()` at ever
 and around every file write, and a recorded stop is raised there. A second signal while the stop
 is being recorded (train.json written as interrupted, sweep.json's statuses) says so on stderr
 and lets that finish; a third exits at once (every file is written by rename, so each stays whole).
+Once the outcome is printed (`exit_decided`), a signal exits at once with that outcome's code.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
 import sys
+from typing import NoReturn
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -104,9 +107,22 @@ def stop_on_signals(signals=STOP_SIGNALS, parent: int | None = None) -> None:
         signal.signal(s, _on_signal)
 
 
-def end_quietly(signals=STOP_SIGNALS) -> None:
-    """The outcome is decided and printed: a stop signal from now on ends the process at once,
-    silently (torchrun sends SIGTERM to the workers left when one fails, often while the
-    interpreter shuts down, where a raised Stopped would print a traceback)."""
+def exit_decided(code: int, signals=STOP_SIGNALS) -> NoReturn:
+    """Exit with `code`: the outcome is decided and printed, so a stop signal from now on ends the
+    process at once, silently, with that same code (torchrun sends SIGTERM to the workers left when
+    one fails, often while they exit, where a raised Stopped would print a traceback; a second Ctrl-C
+    must not turn exit 130 into death by SIGINT). Python's shutdown puts every Python-level handler
+    back to the default before it tears down the modules (the slow part, with torch loaded); only
+    SIG_IGN outlives that, so from the atexit step on the signals are ignored."""
+    def exit_now(signum, frame):
+        os._exit(code)
+
     for s in signals:
-        signal.signal(s, signal.SIG_DFL)
+        signal.signal(s, exit_now)
+    atexit.register(_ignore, signals)
+    sys.exit(code)
+
+
+def _ignore(signals) -> None:
+    for s in signals:
+        signal.signal(s, signal.SIG_IGN)

@@ -88,6 +88,26 @@ def test_a_second_ctrl_c_while_stopping_prints_no_traceback(smoke_data, tmp_path
     assert json.load(open(os.path.join(_only_run(str(tmp_path / "out")), "train.json")))["status"] == "interrupted"
 
 
+def test_a_stop_signal_while_python_shuts_down_keeps_the_exit_code_it_decided(smoke_data, tmp_path):
+    """Once the stop is reported, Python's shutdown (tearing torch down takes a while) puts Python's
+    handlers back to the default: a Ctrl-C then must not turn exit 130 into death by SIGINT."""
+    proc = subprocess.Popen([sys.executable, "-u", os.path.join(REPO, "ex_1.py"), *SMOKE, "--epochs", "5",
+                             "--data-dir", smoke_data, "--out", str(tmp_path / "out")], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(proc, "epoch   1/5")
+    proc.send_signal(signal.SIGINT)
+    said = []
+    for line in proc.stderr:
+        said.append(line)
+        if "--resume" in line:  # the stop message's last line: the process is exiting
+            break
+    time.sleep(0.1)  # past Python's signal clean-up (~20 ms after the message here), inside torch's teardown (~0.8 s)
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, said + [rest]
+    assert "Traceback" not in "".join(said) + rest
+
+
 # --- 2. the network ---------------------------------------------------------------------------
 
 def test_the_default_download_time_out_is_well_inside_two_minutes(monkeypatch):
