@@ -108,6 +108,18 @@ def test_a_stop_signal_while_python_shuts_down_keeps_the_exit_code_it_decided(sm
     assert "Traceback" not in "".join(said) + rest
 
 
+def test_a_stop_signal_after_the_exit_is_decided_exits_at_once_with_that_code():
+    """Before Python's own shutdown steps (here: waiting for a thread that never ends), a signal ends
+    the process at once with the code already decided, not a traceback and not death by the signal."""
+    code = ("import os, signal, threading, time\n"
+            "from common import stopping\n"
+            "stopping.stop_on_signals()\n"
+            "threading.Thread(target=lambda: (time.sleep(0.5), os.kill(os.getpid(), signal.SIGTERM), time.sleep(600))).start()\n"
+            "stopping.exit_decided(3)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3 and result.stderr == "", result.stderr[-2000:]
+
+
 # --- 2. the network ---------------------------------------------------------------------------
 
 def test_the_default_download_time_out_is_well_inside_two_minutes(monkeypatch):

@@ -267,7 +267,7 @@ def test_a_torchrun_process_killed_leaves_one_line_from_the_other(smoke_data, tm
                                    for line in lines), text[-2000:]
 
 
-def test_a_sigterm_after_the_error_line_ends_the_process_without_a_traceback(tmp_path):
+def test_a_sigterm_after_the_error_line_keeps_exit_1_without_a_traceback(tmp_path):
     """What torchrun does to the workers left when one fails: SIGTERM, often while the interpreter
     shuts down. Here the process sends it to itself from its last atexit callback."""
     script = os.path.join(REPO, "ex_1.py")
@@ -279,7 +279,7 @@ def test_a_sigterm_after_the_error_line_ends_the_process_without_a_traceback(tmp
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                             env=dict(os.environ, CIFAR_MIRROR=f"http://127.0.0.1:{closed_port()}/"))
     _one_error_line(result, "CIFAR_MIRROR")
-    assert result.returncode == -signal.SIGTERM  # the error was printed; the signal then ended it at once
+    assert result.returncode == 1  # the error was printed: the signal changes neither the output nor the code
 
 
 # --- data ----------------------------------------------------------------------------------------------
