@@ -13,8 +13,8 @@ import itertools
 import os
 from dataclasses import dataclass
 
-from common.config import (SMOKE_BATCH, SMOKE_EPOCHS, SMOKE_SAVE_EVERY, TRAIN_IMAGES, Launch, Options, Recipe,
-                           applies, floats, ints, knobs, resolved_recipe)
+from common.config import (SMOKE_BATCH, SMOKE_EPOCHS, SMOKE_SAVE_EVERY, SYNTHETIC, TRAIN_IMAGES, Launch, Options,
+                           Recipe, applies, floats, ints, knobs)
 from common.devices import check_device
 from common.models import MODELS
 
@@ -98,7 +98,7 @@ def build_parser(script_recipe: Recipe, description: str) -> argparse.ArgumentPa
     """Every flag defaults to 'not given' (SUPPRESS); the help shows the script's value."""
     parser = Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                     argument_default=argparse.SUPPRESS, usage="%(prog)s [flags]   (every flag below)")
-    defaults = {Recipe: resolved_recipe(script_recipe), Options: Options(), Launch: Launch()}
+    defaults = {Recipe: script_recipe, Options: Options(), Launch: Launch()}
     for title, cls in GROUPS:
         group = parser.add_argument_group(title)
         for name, (k, _) in knobs(cls).items():
@@ -112,7 +112,8 @@ def _split(given: dict) -> tuple:
 
 def resolve(experiment: str, script_recipe: Recipe, description: str, argv: list | None,
             repo_root: str) -> Command:
-    """What runs: the script's recipe <- flags given <- smoke rules <- repo defaults.
+    """What runs: the script's recipe <- flags given <- smoke rules <- repo defaults. Defaults that
+    depend on the model are filled per member (common.plan.make_plan), after swept values are in.
     With --resume, the saved run's recipe is read later (common.experiment.resume)."""
     parser = build_parser(script_recipe, description)
     given = vars(parser.parse_args(argv))
@@ -134,11 +135,10 @@ def resolve(experiment: str, script_recipe: Recipe, description: str, argv: list
         weights=os.path.abspath(options.weights) if options.weights else None)
     if options.smoke:
         recipe, options = _smoke_rules(parser, recipe, options, given)
-    recipe = resolved_recipe(recipe)
     check_combination(parser.error, recipe, options, given)
     _check_launch(parser, launch, given)
     _check_sweep(parser, recipe, options, launch, given)
-    return Command(experiment, resolved_recipe(script_recipe), recipe, options, launch, frozenset(given))
+    return Command(experiment, script_recipe, recipe, options, launch, frozenset(given))
 
 
 def _check_launch(parser, launch: Launch, given: dict) -> None:
@@ -180,8 +180,7 @@ def _smoke_rules(parser, recipe: Recipe, options: Options, given: dict) -> tuple
     recipe = dataclasses.replace(recipe, pretrained=False, epochs=given.get("epochs", SMOKE_EPOCHS),
                                  batch_size=given.get("batch_size", SMOKE_BATCH))
     options = dataclasses.replace(options, save_every=given.get("save_every", SMOKE_SAVE_EVERY),
-                                  data_dir=os.path.join(options.data_dir, "synthetic",
-                                                        MODELS[recipe.model].smoke_data))
+                                  data_dir=os.path.join(options.data_dir, SYNTHETIC))
     return recipe, options
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field, fields
 from typing import Callable
 
@@ -34,6 +35,7 @@ SEED_MAX = 2**63 - 1                   # torch's and numpy's seeds are 64-bit
 SMOKE_SIZES = {"small": {"cifar10": (60, 20), "cifar100": (6, 2)},
                "tiny": {"cifar10": (10, 5), "cifar100": (2, 1)}}
 SMOKE_EPOCHS, SMOKE_BATCH, SMOKE_SAVE_EVERY = 2, 32, 1
+SYNTHETIC = "synthetic"  # --smoke: DATA_DIR/synthetic/{small,tiny}/
 
 
 # --- rules: value -> value, ValueError with the reason ------------------------------------
@@ -333,7 +335,17 @@ def header_words(recipe: Recipe) -> list:
 
 
 def resolved_recipe(recipe: Recipe) -> Recipe:
-    """Defaults that depend on other fields filled in: the model's normalization."""
+    """Defaults that depend on other fields filled in: the model's normalization. Called once per
+    plan member (common.plan.make_plan), after its swept values are in."""
     mean, std = MODELS[recipe.model].normalization
     return dataclasses.replace(recipe, mean=recipe.mean or mean, std=recipe.std or std)
+
+
+def is_resolved(recipe: Recipe) -> bool:
+    return recipe.mean is not None and recipe.std is not None
+
+
+def data_folder(recipe: Recipe, options: Options) -> str:
+    """Where a run's data sets live: --data-dir, or under --smoke the synthetic set of the model's size."""
+    return os.path.join(options.data_dir, MODELS[recipe.model].smoke_data) if options.smoke else options.data_dir
 

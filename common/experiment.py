@@ -22,7 +22,7 @@ import torch
 
 from common import REPO_ROOT, distributed, plots, runfolder, schedules, stopping
 from common.augment import Preprocess
-from common.config import SMOKE_SIZES, Options, Recipe, header_words, knobs, resolved_recipe, to_dict
+from common.config import SMOKE_SIZES, Options, Recipe, data_folder, header_words, is_resolved, knobs, to_dict
 from common.data import (SPECS, CifarData, fingerprint, load_cifar, make_synthetic, stratified_split,
                          stratified_subset)
 from common.devices import amp_dtype, describe, memory_format, select_device, use_channels_last
@@ -81,14 +81,15 @@ def run(experiment: str, recipe: Recipe, options: Options, dataset: str, run_dir
     if run_dir and os.path.isfile(runfolder.path(run_dir, runfolder.CONFIG)):
         raise UserError(f"{run_dir} holds a run already; continue it with "
                         f"{resume_command(experiment, run_dir)}")
-    recipe = resolved_recipe(recipe)  # the model's normalization where the recipe leaves it open
+    if not is_resolved(recipe):
+        raise ValueError("resolve the recipe first: common.config.resolved_recipe(recipe) fills the model's defaults")
     session = prepare(experiment, recipe, options, dataset)
     if not distributed.is_main():
         return _fit_and_test(session, distributed.broadcast(None))
     folder = run_dir or runfolder.create(os.path.join(options.out, runfolder.DATASET_FOLDERS[dataset]))
     os.makedirs(folder, exist_ok=True)
     runfolder.claim(folder)
-    _write_new_run(session, folder, resolved_recipe(script_recipe or recipe))
+    _write_new_run(session, folder, script_recipe or recipe)
     return _fit_and_test(session, distributed.broadcast(folder))
 
 
@@ -123,9 +124,9 @@ def prepare(experiment: str, recipe: Recipe, options: Options, dataset: str, rec
     """Data, split, device, model, optimizer and preprocessing, in this order (the seed sets the model)."""
     data = load_data(recipe, options, dataset)
     if record is not None and record.data_sha256:
-        now = fingerprint(SPECS[dataset], options.data_dir)
+        now = fingerprint(SPECS[dataset], data_folder(recipe, options))
         if now != record.data_sha256:
-            raise UserError(f"the data in {options.data_dir} changed since this run started (its test file's sha256 "
+            raise UserError(f"the data in {data_folder(recipe, options)} changed since this run started (its test file's sha256 "
                             f"was {record.data_sha256[:12]}..., now {now[:12]}...): resume it on the data it "
                             f"started on, or start a new run")
     train_idx, val_idx = stratified_split(data.train_y, recipe.val_fraction, recipe.split_seed)
@@ -156,11 +157,12 @@ def prepare(experiment: str, recipe: Recipe, options: Options, dataset: str, rec
 
 def load_data(recipe: Recipe, options: Options, dataset: str) -> CifarData:
     spec = SPECS[dataset]
-    print(f"loading {dataset} from {options.data_dir} ...", flush=True)
+    folder = data_folder(recipe, options)
+    print(f"loading {dataset} from {folder} ...", flush=True)
     if options.smoke:
-        make_synthetic(spec, options.data_dir, *SMOKE_SIZES[MODELS[recipe.model].smoke_data][dataset])
-        return load_cifar(spec, options.data_dir, download=False)
-    return load_cifar(spec, options.data_dir)
+        make_synthetic(spec, folder, *SMOKE_SIZES[MODELS[recipe.model].smoke_data][dataset])
+        return load_cifar(spec, folder, download=False)
+    return load_cifar(spec, folder)
 
 
 def _step_model(model, device, compile_it: bool):
@@ -175,8 +177,9 @@ def _step_model(model, device, compile_it: bool):
 def _write_new_run(s: Session, run_dir: str, script_recipe: Recipe) -> None:
     """config.json, model_summary.txt and an epoch-0 last.pth: a run killed in epoch 1 can resume."""
     spec = SPECS[s.dataset]
-    data = {"folder": os.path.abspath(os.path.join(s.options.data_dir, spec.folder)),
-            "test_file_sha256": fingerprint(spec, s.options.data_dir), "synthetic": s.options.smoke}
+    folder = data_folder(s.recipe, s.options)
+    data = {"folder": os.path.abspath(os.path.join(folder, spec.folder)), "test_file_sha256": fingerprint(spec, folder),
+            "synthetic": s.options.smoke}
     runfolder.write_json(runfolder.path(run_dir, runfolder.CONFIG), runfolder.config_record(
         s.experiment, s.dataset, s.recipe, s.options, script_recipe, REPO_ROOT, s.device,
         count_parameters(s.state.model), s.data.classes, data, s.split, distributed.world_size()))

@@ -20,7 +20,7 @@ import signal
 import sys
 
 from common import distributed, experiment, plan, runfolder
-from common.config import resolved_recipe, to_dict
+from common.config import to_dict
 from common.console import output_to
 from common.devices import request_huge_pages
 from common.errors import UserError
@@ -81,7 +81,7 @@ def check_same_run(member: plan.Member) -> None:
     """A kept plan's member resumed from its folder: sweep.json and the folder's config.json must
     describe the same run, or the plan was edited after the run started."""
     record = runfolder.read_config(member.run_dir)
-    wanted = {**to_dict(resolved_recipe(member.recipe)), "seed": member.options.seed}
+    wanted = {**to_dict(member.recipe), "seed": member.options.seed}
     started = {**to_dict(record.recipe), "seed": record.options.seed}
     differ = [name for name in wanted if wanted[name] != started.get(name)]
     if differ:

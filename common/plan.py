@@ -27,7 +27,7 @@ import shlex
 from dataclasses import dataclass
 
 from common import REPO_ROOT, distributed, provenance, runfolder
-from common.config import Options, Recipe, from_dict, to_dict
+from common.config import Options, Recipe, from_dict, resolved_recipe, to_dict
 from common.errors import UserError
 
 PLAN_FILE = "sweep.json"
@@ -87,7 +87,7 @@ def make_plan(command, now: str) -> Plan:
     folder = os.path.join(command.options.out, SWEEPS, launch.name or now)
     members = []
     for combo in itertools.product(*(values for _, values in sweep)):
-        recipe = dataclasses.replace(command.recipe, **{name: value for (name, _), value in zip(sweep, combo)})
+        recipe = resolved_recipe(dataclasses.replace(command.recipe, **{name: value for (name, _), value in zip(sweep, combo)}))
         for seed in seeds:
             options = dataclasses.replace(command.options, seed=seed)
             for dataset in datasets:
@@ -103,7 +103,7 @@ def make_plan(command, now: str) -> Plan:
     if shared:
         raise UserError(f"two members of this plan would share the folder {shared[0]}: give values that differ "
                         f"in their folder names")
-    return Plan(folder, command.experiment, launch.name or now, command.script_recipe, sweep, tuple(members), {},
+    return Plan(folder, command.experiment, launch.name or now, resolved_recipe(command.script_recipe), sweep, tuple(members), {},
                 kept=named or len(members) > 1 or launch.launcher == "slurm")
 
 

@@ -116,9 +116,9 @@ def test_resnet18_and_cutout_train_a_smoke_run_by_name(smoke_data, tmp_path):
 _RUN_TWICE = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, {repo!r})
-    from common.config import Options, Recipe
+    from common.config import Options, Recipe, resolved_recipe
     from common.experiment import run
-    recipe = Recipe(epochs=1, batch_size=32)
+    recipe = resolved_recipe(Recipe(epochs=1, batch_size=32))
     options = Options(smoke=True, data_dir={data!r}, out={out!r}, save_every=0)
     folders = [run("ex_lib", recipe, options, name) for name in ("cifar10", "cifar100")]
     print(json.dumps(folders))
@@ -126,7 +126,7 @@ _RUN_TWICE = textwrap.dedent("""
 
 
 def test_run_is_a_library_function_called_twice_in_one_process(smoke_data, tmp_path):
-    data = os.path.join(smoke_data, "synthetic", "small")
+    data = os.path.join(smoke_data, "synthetic")
     result = subprocess.run([sys.executable, "-c", _RUN_TWICE.format(repo=REPO, data=data, out=str(tmp_path))],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

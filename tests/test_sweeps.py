@@ -331,3 +331,30 @@ def test_on_slurm_a_task_whose_slurm_folder_is_gone_says_it_cannot_requeue(smoke
     log = open(os.path.join(member, "log.txt")).read()
     assert "not requeued: its Slurm folder is gone" in log and f"--resume {plan_dir}" in log, log[-2000:]
     assert json.load(open(os.path.join(member, "train.json")))["status"] == "interrupted"
+
+
+def _members(argv: list, tmp_path) -> list:
+    """The plan members a command line makes (in process: nothing trains)."""
+    import ex_1
+    from common import plan
+    from common.cli import resolve
+
+    command = resolve("ex_1", ex_1.RECIPE, "", [*argv, "--dataset", "cifar10", "--out", str(tmp_path)], REPO)
+    return list(plan.make_plan(command, "now").members)
+
+
+@pytest.mark.parametrize("field, values", [("model", ("tutorial_cnn", "efficientnet_v2_s")),
+                                           ("image_size", ("32", "64"))])
+@pytest.mark.parametrize("smoke", [[], ["--smoke"]])
+def test_every_swept_member_gets_the_config_a_lone_run_of_its_value_gets(field, values, smoke, tmp_path):
+    from common.config import data_folder, to_dict
+
+    swept = _members([*smoke, "--sweep", f"{field}={','.join(values)}"], tmp_path)
+    assert len(swept) == len(values)
+    for value, member in zip(values, swept):
+        (lone,) = _members([*smoke, f"--{field.replace('_', '-')}", value], tmp_path)
+        assert to_dict(member.recipe) == to_dict(lone.recipe), value
+        assert to_dict(member.options) == to_dict(lone.options), value
+        assert data_folder(member.recipe, member.options) == data_folder(lone.recipe, lone.options), value
+    if field == "model":  # EfficientNet is normalised as on ImageNet, the tutorial CNN by 0.5
+        assert swept[0].recipe.mean == (0.5, 0.5, 0.5) and swept[1].recipe.mean == (0.485, 0.456, 0.406)
