@@ -11,10 +11,12 @@ import argparse
 import dataclasses
 import itertools
 import os
+import shlex
 from dataclasses import dataclass
 
+from common import REPO_ROOT
 from common.config import (SMOKE_BATCH, SMOKE_EPOCHS, SMOKE_SAVE_EVERY, SYNTHETIC, TRAIN_IMAGES, Launch, Options,
-                           Recipe, applies, floats, ints, knobs)
+                           Recipe, applies, batch_size_problem, floats, ints, knobs)
 from common.devices import check_device
 from common.models import MODELS
 
@@ -113,7 +115,7 @@ def _split(given: dict) -> tuple:
 def resolve(experiment: str, script_recipe: Recipe, description: str, argv: list | None,
             repo_root: str) -> Command:
     """What runs: the script's recipe <- flags given <- smoke rules <- repo defaults. Defaults that
-    depend on the model are filled per member (common.plan.make_plan), after swept values are in.
+    depend on the model are filled per member (common.plans.plan.make_plan), after swept values are in.
     With --resume, the saved run's recipe is read later (common.experiment.resume)."""
     parser = build_parser(script_recipe, description)
     given = vars(parser.parse_args(argv))
@@ -200,15 +202,24 @@ def check_combination(error, recipe: Recipe, options: Options, given) -> None:
     if recipe.image_size < entry.min_image_size:
         error(f"--image-size {recipe.image_size} is too small for --model {recipe.model} "
               f"(at least {entry.min_image_size} px)")
-    if recipe.batch_size < 2:
-        error("--batch-size must be at least 2: BatchNorm cannot train on one image per step")
     processes = int(os.environ.get("WORLD_SIZE") or 1)  # torchrun's
-    if recipe.batch_size % processes or recipe.batch_size // processes < 2:
-        error(f"--batch-size {recipe.batch_size} does not split into {processes} equal batches of at least 2 "
-              f"(one per torchrun process)")
-    train_images = TRAIN_IMAGES - round(recipe.val_fraction * TRAIN_IMAGES)
-    if not options.smoke and recipe.batch_size > train_images:
-        error(f"--batch-size {recipe.batch_size} is larger than the {train_images:,}-image training split")
+    train_images = None if options.smoke else TRAIN_IMAGES - round(recipe.val_fraction * TRAIN_IMAGES)
+    if problem := batch_size_problem(recipe.batch_size, processes, train_images):
+        error(problem)
+
+
+# --- the printed command that continues a run or a plan --------------------------------------
+
+def resume_command(experiment: str, target: str) -> str:
+    """The one command that continues a plan or a run folder: what every message prints."""
+    return f"python {script_path(experiment)} --resume {shlex.quote(target)}"
+
+
+def script_path(experiment: str) -> str:
+    """How to name ex_N.py in a command: relative to the current folder when inside it."""
+    path = os.path.join(REPO_ROOT, experiment + ".py")
+    relative = os.path.relpath(path)
+    return shlex.quote(path if relative.startswith("..") else relative)
 
 
 # --- llm_prompt.md's flag list: generated from the declarations --------------------------------

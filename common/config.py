@@ -257,7 +257,7 @@ def sweep_values(text: str) -> tuple:
     parsed = []
     for part in parts:
         try:
-            parsed.append(k.rule(k.parse(part.strip()) if k.parse is not bool else _boolean(part)))
+            parsed.append(k.rule(k.parse(part.strip()) if k.parse is not bool else boolean(part)))
         except ValueError as e:
             raise ValueError(f"{name}={part.strip()}: {e}") from None
     if len(set(map(str, parsed))) != len(parsed):
@@ -265,11 +265,24 @@ def sweep_values(text: str) -> tuple:
     return name, tuple(parsed)
 
 
-def _boolean(text: str) -> bool:
+def boolean(text: str) -> bool:
     words = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
     if text.strip().lower() not in words:
         raise ValueError(f"expected true or false, got {text!r}")
     return words[text.strip().lower()]
+
+
+def batch_size_problem(batch_size: int, processes: int, train_images: int | None) -> str | None:
+    """What makes a batch size untrainable, in one line, or None: BatchNorm needs two images per
+    process and step; a batch cannot be larger than the training split (None: not known yet)."""
+    if batch_size < 2:
+        return "--batch-size must be at least 2: BatchNorm cannot train on one image per step"
+    if batch_size % processes or batch_size // processes < 2:
+        return (f"--batch-size {batch_size} does not split into {processes} equal batches of at least 2 "
+                f"(one per torchrun process)")
+    if train_images is not None and batch_size > train_images:
+        return f"--batch-size {batch_size} is larger than the {train_images:,}-image training split"
+    return None
 
 
 def plan_name(text: str) -> str:
@@ -336,7 +349,7 @@ def header_words(recipe: Recipe) -> list:
 
 def resolved_recipe(recipe: Recipe) -> Recipe:
     """Defaults that depend on other fields filled in: the model's normalization. Called once per
-    plan member (common.plan.make_plan), after its swept values are in."""
+    plan member (common.plans.plan.make_plan), after its swept values are in."""
     mean, std = MODELS[recipe.model].normalization
     return dataclasses.replace(recipe, mean=recipe.mean or mean, std=recipe.std or std)
 

@@ -10,7 +10,6 @@ import contextlib
 import errno
 import os
 import sys
-import time
 
 from common.errors import os_reason
 from common.files import FILE_MODE
@@ -107,37 +106,3 @@ def last_line(path: str) -> str:
 def duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-class LiveView:
-    """Several processes' progress. On a terminal, a block of lines redrawn every second; elsewhere
-    (a log file, CI), the events and, every minute, the same block as plain lines."""
-    TTY_REFRESH_S, LOG_REFRESH_S = 1.0, 60.0
-
-    def __init__(self):
-        self.tty = sys.stdout.isatty()
-        self.drawn, self.last_draw = 0, 0.0
-
-    def draw(self, lines) -> None:
-        """`lines()`, called only when a redraw is due, gives the block."""
-        now = time.monotonic()
-        if now - self.last_draw < (self.TTY_REFRESH_S if self.tty else self.LOG_REFRESH_S):
-            return
-        self.last_draw = now
-        width = os.get_terminal_size().columns if self.tty else 160
-        block = [line[:width - 1] for line in lines()]
-        self.close()
-        print("\n".join(block), flush=True)
-        self.drawn = len(block) if self.tty else 0
-
-    def event(self, text: str) -> None:
-        self.close()
-        print(text, flush=True)
-        if self.tty:
-            self.last_draw = 0.0  # redraw the block under it at once
-
-    def close(self) -> None:
-        """Erase the block drawn on a terminal."""
-        if self.drawn:
-            sys.stdout.write(f"\x1b[{self.drawn}F\x1b[J")
-            self.drawn = 0

@@ -60,7 +60,7 @@ def request_huge_pages() -> None:
 
     Each fresh large CPU tensor (a preprocessed batch, an activation) is otherwise faulted in
     4 KiB page by 4 KiB page, which costs the CPU pipeline a visible share of its speed (see
-    README, Performance). THP_MEM_ALLOC_ENABLE is torch's own switch
+    docs/performance.md). THP_MEM_ALLOC_ENABLE is torch's own switch
     (c10/core/impl/alloc_cpu.cpp), read at the first CPU allocation; results do not change.
     A value the user set wins: THP_MEM_ALLOC_ENABLE=0 turns it off.
     """

@@ -5,7 +5,7 @@
 
 Both are plain functions for use from Python: they install no signal handler, never exit
 the process, leave stdout alone and take no lock (every command reaches them through
-common.member.run_member, which holds the run folder's lock). A user's mistake raises
+common.plans.member.run_member, which holds the run folder's lock). A user's mistake raises
 common.errors.UserError; a stop (Ctrl-C, or a signal the caller turned into KeyboardInterrupt)
 marks the run interrupted and propagates. The epoch loop lives here, in the open; the pieces
 come from common.*.
@@ -20,9 +20,10 @@ import time
 
 import torch
 
-from common import REPO_ROOT, distributed, plots, runfolder, schedules, stopping
+from common import REPO_ROOT, checkpoints, distributed, plots, runfolder, schedules, stopping
 from common.augment import Preprocess
-from common.config import SMOKE_SIZES, Options, Recipe, data_folder, header_words, is_resolved, knobs, to_dict
+from common.cli import resume_command
+from common.config import SMOKE_SIZES, Options, Recipe, batch_size_problem, data_folder, header_words, is_resolved, knobs, to_dict
 from common.data import (SPECS, CifarData, fingerprint, load_cifar, make_synthetic, stratified_split,
                          stratified_subset)
 from common.devices import amp_dtype, describe, memory_format, select_device, use_channels_last
@@ -32,7 +33,6 @@ from common.metrics import classification_metrics
 from common.models import MODELS, build_model, count_parameters
 from common.torchfiles import load_state
 from common.optimizers import build_optimizer
-from common.plan import resume_command
 from common.train import epoch_seed, evaluate, predict, steps_per_epoch, train_one_epoch
 
 
@@ -49,7 +49,7 @@ class Session:
     val_idx: torch.Tensor
     device: torch.device
     dtype: object
-    state: runfolder.TrainingState
+    state: checkpoints.TrainingState
     step_model: torch.nn.Module
     preprocess: Preprocess
     images: torch.Tensor
@@ -100,14 +100,14 @@ def resume(run_dir: str, device: str | None = None) -> str:
     options = dataclasses.replace(record.options, device=device or record.options.device)
     if runfolder.is_complete(run_dir):
         raise UserError(f"{run_dir} is complete (it has {runfolder.TEST}); start a new run instead")
-    checkpoint = runfolder.load_last(run_dir, record.experiment, record.dataset, record.recipe.epochs)
+    checkpoint = checkpoints.load_last(run_dir, record.experiment, record.dataset, record.recipe.epochs)
     if record.processes != distributed.world_size():
         raise UserError(f"{run_dir} was trained by {record.processes} process(es), this is "
                         f"{distributed.world_size()}: resume it as it was started (torchrun --nproc_per_node="
                         f"{record.processes}), or the numbers would change")
     session = prepare(record.experiment, record.recipe, options, record.dataset, record=record)
     if checkpoint is not None:
-        runfolder.restore_state(run_dir, checkpoint, session.state, record.recipe.lr)
+        checkpoints.restore_state(run_dir, checkpoint, session.state, record.recipe.lr)
     if distributed.is_main():
         runfolder.claim(run_dir)
         remove_stale_temp_files(run_dir)  # of writes cut short by a SIGKILL
@@ -132,12 +132,8 @@ def prepare(experiment: str, recipe: Recipe, options: Options, dataset: str, rec
     train_idx, val_idx = stratified_split(data.train_y, recipe.val_fraction, recipe.split_seed)
     if recipe.train_subset:  # validation and test stay as they are
         train_idx = stratified_subset(train_idx, data.train_y, recipe.train_subset, recipe.split_seed)
-    per_process = recipe.batch_size // distributed.world_size()
-    if recipe.batch_size % distributed.world_size() or per_process < 2:
-        raise UserError(f"--batch-size {recipe.batch_size} does not split into {distributed.world_size()} equal "
-                        f"batches of at least 2 (one per process)")
-    if recipe.batch_size > len(train_idx):
-        raise UserError(f"--batch-size {recipe.batch_size} is larger than the {len(train_idx)}-image training split")
+    if problem := batch_size_problem(recipe.batch_size, distributed.world_size(), len(train_idx)):
+        raise UserError(problem)
     device = select_device(distributed.local_device_name(options.device), saved=record is not None)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed input sizes: let cuDNN pick the fastest kernels
     torch.manual_seed(options.seed)
@@ -146,7 +142,7 @@ def prepare(experiment: str, recipe: Recipe, options: Options, dataset: str, rec
     channels_last = use_channels_last(device, MODELS[recipe.model].cpu_channels_last)
     model = model.to(device, memory_format=memory_format(channels_last))
     dtype = amp_dtype(device, options.amp)
-    state = runfolder.TrainingState(model, build_optimizer(recipe.optimizer, model.parameters(), recipe.lr,
+    state = checkpoints.TrainingState(model, build_optimizer(recipe.optimizer, model.parameters(), recipe.lr,
                                                            recipe.weight_decay),
                                     torch.amp.GradScaler("cuda") if dtype == torch.float16 else None)
     preprocess = Preprocess(recipe.image_size, recipe.mean, recipe.std, device, channels_last, recipe.augment)
@@ -190,7 +186,7 @@ def _write_new_run(s: Session, run_dir: str, script_recipe: Recipe) -> None:
 
 def _save(s: Session, run_dir: str, improved: bool) -> None:
     config = {"experiment": s.experiment, **to_dict(s.recipe), **to_dict(s.options)}
-    runfolder.save_state(run_dir, s.state, s.experiment, s.dataset, config, s.options.save_every, improved)
+    checkpoints.save_state(run_dir, s.state, s.experiment, s.dataset, config, s.options.save_every, improved)
 
 
 def _fit_and_test(s: Session, run_dir: str) -> str:
@@ -312,7 +308,7 @@ def log_epoch(tag: str, epochs: int, record: dict, improved: bool, writer=None) 
 def evaluate_best_checkpoint(s: Session, run_dir: str, writer=None) -> dict:
     """The test set, used once: on the best-by-validation weights. test.json is written last."""
     distributed.barrier()  # best.pth is on disk for every process
-    best = runfolder.load_best(run_dir)
+    best = checkpoints.load_best(run_dir)
     load_state(s.state.model, best["model"], runfolder.path(run_dir, runfolder.BEST), "model")
     test_images = s.data.test_x.to(s.device)
     start = time.perf_counter()

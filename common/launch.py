@@ -1,6 +1,6 @@
 """The command line of every ex_N.py: `main(RECIPE, __doc__, __file__)`.
 
-It does four things: resolve the command (common.cli), build or read its plan (common.plan:
+It does four things: resolve the command (common.cli), build or read its plan (common.plans:
 every command is one), pick the executor (inline, --jobs processes, or Slurm), and print the
 outcome and the next command. Around them: SIGINT, SIGTERM and SIGHUP become a clean stop
 (common.stopping), a closed or full console never kills the run, torchrun's process group is
@@ -14,8 +14,10 @@ import os
 import signal
 import sys
 
-from common import REPO_ROOT, distributed, plan, runfolder, stopping
-from common.cli import resolve
+from common import REPO_ROOT, distributed, runfolder, stopping
+from common.cli import resolve, resume_command
+from common.plans import command as plan_command
+from common.plans import plan
 from common.config import to_dict
 from common.console import guard_console
 from common.devices import request_huge_pages
@@ -38,7 +40,7 @@ def main(recipe, description: str, script_file: str, argv: list | None = None) -
         sys.stdout = open(os.devnull, "w")  # one process speaks; errors still reach stderr
     the_plan = None
     try:
-        the_plan = plan.of_command(command)
+        the_plan = plan_command.of_command(command)
         return report(the_plan, execute(the_plan))
     except UserError as e:
         _fail(f"error: {e}")
@@ -56,7 +58,7 @@ def main(recipe, description: str, script_file: str, argv: list | None = None) -
 
 def dry_run(command) -> dict:
     """What would run: the resolved recipe, options and flags, and the plan's members (written nowhere)."""
-    members = plan.make_plan(command, plan.stamp()).members
+    members = plan.make_plan(command, runfolder.stamp()).members
     return {"experiment": command.experiment, **{k: to_dict(getattr(command, k)) for k in ("recipe", "options", "launch")},
             "member_count": len(members), "members": [{"id": m.id, "dataset": m.dataset, "seed": m.options.seed,
                                                          "run_dir": m.run_dir} for m in members]}
@@ -81,11 +83,11 @@ def execute(the_plan: plan.Plan) -> list:
     for skipped in (m for m in the_plan.members if m not in members):
         print(f"{skipped.id}: {runfolder.status(skipped.run_dir)} (skipped)", flush=True)
     if the_plan.launcher["kind"] == "slurm":
-        from common.slurm import submit as executor
+        from common.plans.slurm import submit as executor
     elif the_plan.launcher["jobs"] > 1 and the_plan.kept:
-        from common.jobs import run_parallel as executor
+        from common.plans.jobs import run_parallel as executor
     else:
-        from common.member import run_inline as executor
+        from common.plans.member import run_inline as executor
     try:
         return executor(the_plan, members)
     except UserError:
@@ -112,7 +114,7 @@ def report(the_plan: plan.Plan, outcomes: list) -> list:
                     + (f"{', '.join(diverged)}: the loss diverged, so resuming cannot help; start a new plan (another "
                        f"--name) with other values, e.g. a lower --lr. " if diverged else "")
                     + ("" if len(diverged) == len(failed) else
-                       f"After a fix: {plan.resume_command(the_plan.experiment, the_plan.folder)}"))
+                       f"After a fix: {resume_command(the_plan.experiment, the_plan.folder)}"))
 
 
 def stop_message(the_plan: plan.Plan | None) -> str:
@@ -122,7 +124,7 @@ def stop_message(the_plan: plan.Plan | None) -> str:
                 os.path.isfile(os.path.join(the_plan.folder, plan.PLAN_FILE)):
             plan.write_plan(the_plan, plan.statuses(the_plan))
             return (f"\ninterrupted; the plan continues where it stopped with:\n"
-                    f"  {plan.resume_command(the_plan.experiment, the_plan.folder)}")
+                    f"  {resume_command(the_plan.experiment, the_plan.folder)}")
         run_dir = the_plan.members[0].run_dir if the_plan is not None else None
         if run_dir is None or not os.path.isfile(runfolder.path(run_dir, runfolder.CONFIG)):
             return "\ninterrupted before anything was written"
@@ -131,4 +133,4 @@ def stop_message(the_plan: plan.Plan | None) -> str:
         except UserError:
             epochs = 0
         return (f"\ninterrupted; {epochs} epochs are saved in {run_dir}/{runfolder.LAST}. Resume with:\n"
-                f"  {plan.resume_command(the_plan.experiment, run_dir)}")
+                f"  {resume_command(the_plan.experiment, run_dir)}")

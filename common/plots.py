@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common.files import write_bytes  # noqa: E402
+from common.runfolder import best_epoch  # noqa: E402
 
 
 def save_figure(fig, path: str) -> None:
@@ -34,7 +35,7 @@ def plot_curves(history: list, key: str, ylabel: str, title: str, path: str) -> 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ax.plot(epochs, [h[f"train_{key}"] for h in history], marker=".", label="train")
     ax.plot(epochs, [h[f"val_{key}"] for h in history], marker=".", label="validation")
-    best = max(history, key=lambda h: h["val_accuracy"])
+    best = best_epoch(history)
     ax.axvline(best["epoch"], color="grey", linestyle=":", label=f"best val acc (epoch {best['epoch']})")
     integer_epoch_axis(ax)
     ax.set_ylabel(ylabel)
@@ -124,103 +125,3 @@ def plot_test_set(paths: dict, data, probs, metrics: dict, tag: str, writer=None
     plot_errors(data.test_x.numpy(), labels, probs, data.classes, f"{tag}: most confident test errors",
                 paths["errors"])
     plot_calibration(probs, labels, metrics["ece"], f"{tag}: reliability", paths["calibration"])
-
-
-def plot_val_curves(series: dict, path: str) -> None:
-    """Validation accuracy per epoch, a panel per dataset: each row's mean over seeds, shaded min..max
-    in the line's colour. series: {dataset: [(label, per-seed curves)]}."""
-    fig, axes = plt.subplots(1, max(1, len(series)), figsize=(6.4 * max(1, len(series)), 4.2), squeeze=False)
-    for ax, (dataset, lines) in zip(axes[0], series.items()):
-        for label, curves in lines:
-            length = min(len(c) for c in curves)
-            curves = np.array([c[:length] for c in curves])
-            x = np.arange(1, length + 1)
-            (line,) = ax.plot(x, curves.mean(0), marker=".", label=label)
-            if len(curves) > 1:
-                ax.fill_between(x, curves.min(0), curves.max(0), alpha=0.2, color=line.get_color())
-        ax.set_title(f"{dataset}: validation accuracy\nline: mean over seeds; band: lowest to highest seed",
-                     fontsize="medium")
-        integer_epoch_axis(ax)
-        ax.set_ylabel("accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below: never over a curve
-    save_figure(fig, path)
-
-
-def plot_swept_field(name: str, groups: dict, path: str) -> None:
-    """Best validation and test accuracy against one swept field's value, mean with 95% CI error bars
-    (none where n = 1), the two metrics side by side; a panel per context. Numbers are placed on
-    their scale and joined; named values (augment none / crop_flip) are separate points in their
-    stated order. groups: {context: [(value, row summary)]}."""
-    from common.factorial import value_order
-
-    fig, axes = plt.subplots(1, len(groups), figsize=(6.4 * len(groups), 4.2), squeeze=False)
-    for ax, points in zip(axes[0], groups.values()):
-        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v, _ in points)
-        order = value_order(name, [v for v, _ in points]) if not numeric else sorted(v for v, _ in points)
-        points = sorted(points, key=lambda p: order.index(p[0]))
-        x = np.array([v for v, _ in points] if numeric else range(len(points)), dtype=float)
-        log = numeric and min(x) > 0 and max(x) / min(x) >= 10
-        for side, (metric, label) in zip((-1, 1), (("val_accuracy", "best validation accuracy"),
-                                                   ("test_accuracy", "test accuracy"))):
-            shift = x * 10 ** (0.02 * side) if log else x + (0.06 * side * (np.ptp(x) or 1) if numeric else 0.1 * side)
-            means = np.array([s[metric]["mean"] for _, s in points])
-            lows = np.array([s[metric]["ci95"][0] if s[metric]["ci95"][0] is not None else s[metric]["mean"]
-                             for _, s in points])
-            highs = np.array([s[metric]["ci95"][1] if s[metric]["ci95"][1] is not None else s[metric]["mean"]
-                              for _, s in points])
-            ax.errorbar(shift, means, yerr=[means - lows, highs - means], marker="o", capsize=4, label=label,
-                        linestyle="-" if numeric else "none")
-        if log:
-            ax.set_xscale("log")
-            ax.minorticks_off()  # only the swept values are labelled
-        ax.set_xticks(x, [f"{v:g}" if numeric else str(v) for v, _ in points])
-        if not numeric:
-            ax.set_xlim(-0.5, len(points) - 0.5)
-        first = points[0][1]
-        ax.set_title(f"{first['dataset']}, {first['experiment']}: {name} (n = "
-                     f"{'/'.join(str(s['n']) for _, s in points)}; bars: 95% CI)")
-        ax.set_xlabel(name)
-        ax.set_ylabel("accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    save_figure(fig, path)
-
-
-def plot_effects(data: dict, path: str) -> None:
-    """A factorial design: left, each term's effect on test and best-validation accuracy with its 95%
-    CI (zero marked); right, the interaction with the largest test effect as cell means. data: see
-    common.compare.effects_figure_data."""
-    pair = data["pair"]
-    fig, axes = plt.subplots(1, 2 if pair else 1, figsize=(13 if pair else 7, 0.45 * len(data["terms"]) + 2.2),
-                             squeeze=False, gridspec_kw={"width_ratios": [1.6, 1]} if pair else None)
-    ax = axes[0][0]
-    y = np.arange(len(data["terms"]))[::-1]
-    for side, (metric, label) in zip((0.15, -0.15), data["labels"].items()):
-        effects = [by_metric[metric] for _, by_metric in data["terms"]]
-        ax.errorbar([e.estimate for e in effects], y + side,
-                    xerr=[[e.estimate - e.low for e in effects], [e.high - e.estimate for e in effects]],
-                    marker="o", linestyle="none", capsize=3, label=f"{label} (95% CI)")
-    ax.axvline(0, color="grey", linewidth=1)
-    names = [" × ".join(term) if len(term) > 1 else
-             f"{term[0]}: {data['levels'][term[0]][0]} → {data['levels'][term[0]][1]}" for term, _ in data["terms"]]
-    ax.set_yticks(y, names, fontsize="small")
-    ax.set_xlabel("effect on accuracy (second value minus first, averaged over the other fields)")
-    ax.set_title(f"{data['title']}: effects", fontsize="medium")
-    ax.grid(alpha=0.3, axis="x")
-    ax.legend(fontsize="small")
-    if pair:
-        ax = axes[0][1]
-        first, second = pair
-        for b in data["levels"][second]:
-            means = [data["cells"][key] for key in data["cells"] if key[1] == b]
-            ax.plot(range(len(means)), means, marker="o", label=f"{second} {b}")
-        ax.set_xticks(range(2), data["levels"][first])
-        ax.set_xlim(-0.3, 1.3)
-        ax.set_xlabel(first)
-        ax.set_ylabel("mean test accuracy")
-        ax.set_title(f"largest interaction: {first} × {second}", fontsize="medium")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    save_figure(fig, path)
-

@@ -22,16 +22,14 @@ import os
 import re
 import socket
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from common import provenance, schedules
+from common import provenance
 from common.config import DATASETS, Options, Recipe, from_dict, to_dict
 from common.errors import UserError, os_reason
-from common.files import FILE_MODE, atomic_write, write_bytes
-from common.torchfiles import load, load_state
+from common.files import FILE_MODE, write_bytes
 
 CONFIG, TRAIN, TEST, PREDICTIONS = "config.json", "train.json", "test.json", "predictions.npz"
 LAST, BEST, SUMMARY, LOG, LOCK = "last.pth", "best.pth", "model_summary.txt", "log.txt", ".lock"
@@ -39,9 +37,8 @@ LOSS_PNG, ACCURACY_PNG = "loss.png", "accuracy.png"
 CONFUSION_PNG, ERRORS_PNG, CALIBRATION_PNG = "confusion_matrix.png", "errors.png", "calibration.png"
 DATASET_FOLDERS = {"cifar10": "cifar_10", "cifar100": "cifar_100"}
 STATUSES = RUNNING, COMPLETED, INTERRUPTED, FAILED = ("running", "completed", "interrupted", "failed")  # train.json's
-# A run folder's status beside those (status(), common.slurm): its state seen from outside.
+# A run folder's status beside those (status(), common.plans.slurm): its state seen from outside.
 NOT_STARTED, KILLED, DAMAGED, QUEUED = "not started", "killed", "damaged", "queued"
-CHECKPOINT_FORMAT = "cifar-experiments-checkpoint/2"
 
 
 def path(run_dir: str, name: str) -> str:
@@ -52,13 +49,18 @@ def epoch_checkpoint(epoch: int) -> str:
     return f"epoch-{epoch}.pth"
 
 
+def stamp() -> str:
+    """Local time as run folders and unnamed plans are named: 2026-12-03_10-20-16."""
+    return datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
 def create(root: str) -> str:
     """root/<YYYY-MM-DD_HH-MM-SS>[_N]: mkdir is atomic, so concurrent runs never share one."""
-    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    now = stamp()
     try:
         os.makedirs(root, exist_ok=True)
         for n in range(1000):
-            folder = os.path.join(root, stamp if n == 0 else f"{stamp}_{n}")
+            folder = os.path.join(root, now if n == 0 else f"{now}_{n}")
             try:
                 os.mkdir(folder)
                 return folder
@@ -96,7 +98,7 @@ def holder_description() -> str:
 def locked(run_dir: str):
     """Hold run_dir's lock (a POSIX lock: the kernel drops it when the holder dies, even by SIGKILL,
     so a stale lock file is simply taken over). Held elsewhere: Busy, naming the holder. Taken once
-    per run, by its member runner (common.member); a complete run's lock file is removed on release."""
+    per run, by its member runner (common.plans.member); a complete run's lock file is removed on release."""
     lock_path = os.path.realpath(path(run_dir, LOCK))
     if lock_path in _HELD:  # POSIX locks belong to the process: a second fd's close would drop the first's
         raise RuntimeError(f"{lock_path} is locked by this process already")
@@ -289,10 +291,15 @@ def record_resume(run_dir: str, raw: dict, from_epoch: int, repo_root: str, devi
 
 # --- train.json and test.json ------------------------------------------------------------------
 
+def best_epoch(history: list) -> dict | None:
+    """The epoch record with the highest validation accuracy, the first of equals (the selection rule)."""
+    return max(history, key=lambda h: h["val_accuracy"], default=None)  # max keeps the first maximum
+
+
 def train_summary(experiment: str, dataset: str, epochs_planned: int, history: list, status: str,
                   error: str | None = None, diverged: bool = False) -> dict:
     """train.json: status, the best epoch by validation accuracy (the first of equals), totals, every epoch."""
-    best = max(history, key=lambda h: h["val_accuracy"], default=None)  # max keeps the first maximum
+    best = best_epoch(history)
     train_seconds = sum(h["train_time_s"] for h in history)
     return {"experiment": experiment, "dataset": dataset, "status": status, "error": error,
             **({"diverged": True} if diverged else {}),  # a recipe that fails: resuming it cannot help
@@ -364,113 +371,3 @@ def read_predictions(run_dir: str) -> dict:
 
 def write_text(run_dir: str, name: str, text: str) -> None:
     write_bytes(path(run_dir, name), text.encode())
-
-
-# --- checkpoints: what is saved and what is checked when it is read back, side by side -------
-
-@dataclass
-class TrainingState:
-    """What an epoch changes and --resume restores. Each epoch's randomness comes from
-    (seed, epoch) alone (common.train.epoch_seed), so no RNG state needs saving."""
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scaler: object = None                          # torch.amp.GradScaler on fp16 GPUs, else None
-    plateau: schedules.PlateauState = field(default_factory=schedules.PlateauState)
-    history: list = field(default_factory=list)    # one epoch record per finished epoch
-    saved_epochs: int = 0                          # how many of them last.pth holds
-
-    def best(self) -> dict | None:
-        return max(self.history, key=lambda h: h["val_accuracy"], default=None)
-
-
-def _save_checkpoint(file_path: str, state: dict) -> None:
-    buffer = io.BytesIO()  # serialised first: a full disk then fails in our write, with its errno
-    torch.save(dict(state, format=CHECKPOINT_FORMAT), buffer)
-    atomic_write(file_path, lambda f: f.write(buffer.getbuffer()))
-
-
-def save_state(run_dir: str, state: TrainingState, experiment: str, dataset: str, config: dict,
-               save_every: int, improved: bool) -> None:
-    """last.pth: everything --resume needs. best.pth and epoch-N.pth: the weights, with their
-    epoch and validation metrics (a third of last.pth's size with Adam's two moments)."""
-    epoch = len(state.history)
-    last = state.history[-1] if state.history else {}
-    weights = {"experiment": experiment, "dataset": dataset, "epoch": epoch, "model": state.model.state_dict(),
-               "val_accuracy": last.get("val_accuracy"), "val_loss": last.get("val_loss"), "config": config}
-    if improved:
-        _save_checkpoint(path(run_dir, BEST), weights)
-    if save_every and epoch and epoch % save_every == 0:
-        _save_checkpoint(path(run_dir, epoch_checkpoint(epoch)), weights)
-    best = state.best()
-    _save_checkpoint(path(run_dir, LAST), dict(
-        weights, optimizer=state.optimizer.state_dict(), scheduler=schedules.plateau_state_dict(state.plateau),
-        scaler=state.scaler.state_dict() if state.scaler is not None else None, history=state.history,
-        best={"epoch": best["epoch"], "val_accuracy": best["val_accuracy"]} if best else
-        {"epoch": 0, "val_accuracy": -1.0}))
-    state.saved_epochs = epoch
-
-
-def load_checkpoint(file_path: str) -> dict:
-    state = load(file_path, "checkpoint")
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{file_path} is not a checkpoint written by this version of the repo")
-    return state
-
-
-TRAINING_STATE_KEYS = ("experiment", "dataset", "epoch", "model", "optimizer", "scheduler", "history", "best")
-
-
-def load_last(run_dir: str, experiment: str, dataset: str, epochs: int) -> dict | None:
-    """last.pth, checked against its run (None if the run was killed before its first one): the right
-    experiment and dataset, an epoch within the plan, a history of exactly that many epochs, a best
-    epoch inside it. Shapes are checked when it is restored."""
-    file_path = path(run_dir, LAST)
-    if not os.path.exists(file_path):
-        return None
-    state = load_checkpoint(file_path)
-    missing = [k for k in TRAINING_STATE_KEYS if k not in state]
-    if missing:
-        raise UserError(f"{file_path} lacks {', '.join(missing)}: not a last.pth of this repo")
-    if (state["experiment"], state["dataset"]) != (experiment, dataset):
-        raise UserError(f"{file_path} belongs to {state['experiment']} {state['dataset']}, not to this run "
-                        f"({experiment} {dataset})")
-    epoch, history, best = state["epoch"], state["history"], state["best"]
-    if not (isinstance(epoch, int) and 0 <= epoch <= epochs):
-        raise UserError(f"{file_path} says epoch {epoch!r}, outside this run's 0..{epochs}")
-    if not (isinstance(history, list) and len(history) == epoch
-            and all(isinstance(h, dict) and h.get("epoch") == i + 1 for i, h in enumerate(history))):
-        raise UserError(f"{file_path} is inconsistent: its history does not hold epochs 1..{epoch}")
-    if not (isinstance(best, dict) and isinstance(best.get("epoch"), int) and 0 <= best["epoch"] <= epoch
-            and (epoch == 0) == (best["epoch"] == 0)):
-        raise UserError(f"{file_path} is inconsistent: best epoch {best.get('epoch') if isinstance(best, dict) else best!r}"
-                        f" is not one of its {epoch} epochs")
-    return state
-
-
-def restore_state(run_dir: str, checkpoint: dict, state: TrainingState, peak_lr: float) -> None:
-    """Load a checked last.pth into `state`; shapes that do not fit are a UserError before anything
-    in the run folder changes."""
-    source = path(run_dir, LAST)
-    load_state(state.model, checkpoint["model"], source, "model")
-    load_state(state.optimizer, checkpoint["optimizer"], source, "optimizer state")
-    if state.scaler is not None and checkpoint.get("scaler"):
-        load_state(state.scaler, checkpoint["scaler"], source, "grad scaler state")
-    try:
-        state.plateau = schedules.plateau_from_dict(_plateau_fields(checkpoint["scheduler"], peak_lr))
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{source}: its scheduler state does not fit this run ({e})") from None
-    state.history = list(checkpoint["history"])
-    state.saved_epochs = len(state.history)
-
-
-def _plateau_fields(saved, peak_lr: float) -> dict:
-    """The plateau rule's state. Older last.pth files hold torch's scheduler states: a
-    ReduceLROnPlateau's is translated, a LambdaLR's (a schedule without state) is empty."""
-    if isinstance(saved, dict) and "num_bad_epochs" in saved:
-        last_lr = (saved.get("_last_lr") or [peak_lr])[0]
-        return {"best": saved["best"], "bad_epochs": saved["num_bad_epochs"], "scale": last_lr / peak_lr}
-    return {} if isinstance(saved, dict) and "base_lrs" in saved else saved
-
-
-def load_best(run_dir: str) -> dict:
-    return load_checkpoint(path(run_dir, BEST))

@@ -1,7 +1,7 @@
 """Reading torch files and loading state dicts, each failure one line naming the file.
 
 Shared by the ImageNet weights (common.models) and the run folder's checkpoints
-(common.runfolder). Files are read with weights_only=True: tensors and plain containers
+(common.checkpoints). Files are read with weights_only=True: tensors and plain containers
 only, so a file cannot run code.
 """
 from __future__ import annotations

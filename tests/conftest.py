@@ -1,8 +1,17 @@
+import hashlib
+import io
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tarfile
+import textwrap
+import threading
+import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -41,8 +50,8 @@ def snapshot_files(root) -> dict:
 @pytest.fixture(scope="session")
 def smoke_data(tmp_path_factory):
     """A --data-dir whose synthetic/{small,tiny}/ folders hold the --smoke datasets in the official layouts."""
-    from common.data import SPECS, make_synthetic
     from common.config import SMOKE_SIZES
+    from common.data import SPECS, make_synthetic
 
     root = tmp_path_factory.mktemp("data")
     for kind, sizes in SMOKE_SIZES.items():
@@ -85,3 +94,378 @@ def uninterrupted(smoke_data, tmp_path_factory):
     result = run_script("ex_1.py", *ARGS, "--data-dir", smoke_data, "--out", out)
     assert result.returncode == 0, result.stderr[-2000:]
     return run_metrics(only_run(out))
+
+
+HOOK = os.path.join(REPO, "tests", "stop_hook")
+
+
+def hooked(how: str, signal_name: str = "SIGTERM") -> dict:
+    return {"PYTHONPATH": HOOK, "STOP_HOOK": how, "STOP_HOOK_SIGNAL": signal_name, "STOP_HOOK_REPO": REPO}
+
+
+# --- helpers and fixtures shared by the tests of inputs, stops, downloads, disks and plans ---
+
+SMOKE = ["--smoke", "--dataset", "cifar10", "--save-every", "0"]
+
+
+def _one_error_line(result, *fragments):
+    """Exactly one non-empty stderr line, starting 'error:', containing every fragment; no traceback."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def _temp_files(root):
+    return [os.path.join(d, f) for d, _, names in os.walk(root) for f in names
+            if f.endswith(".tmp") or f.endswith(".part") or ".unpacking-" in d]
+
+
+def _popen(*args, stderr):
+    return subprocess.Popen([sys.executable, "-u", os.path.join(REPO, "ex_1.py"), *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+
+def _wait_for(proc, marker):
+    deadline = time.time() + 120
+    for line in proc.stdout:
+        if marker in line or time.time() > deadline:
+            return
+
+
+def _archive_of(folder_root: str, folder: str, extra=None) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(os.path.join(folder_root, folder), arcname=folder)
+        for name, data in (extra or {}).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def local_archive(smoke_data, tmp_path, monkeypatch):
+    """Write an archive into a mirror folder and make SPECS['cifar10'] expect its md5."""
+    import dataclasses
+
+    from common import data
+
+    def make(extra=None):
+        blob = _archive_of(os.path.join(smoke_data, "synthetic", "small"), "cifar-10-batches-py", extra)
+        mirror = tmp_path / "mirror"
+        mirror.mkdir(exist_ok=True)
+        (mirror / "cifar-10-python.tar.gz").write_bytes(blob)
+        spec = dataclasses.replace(data.SPECS["cifar10"], md5=hashlib.md5(blob).hexdigest())
+        monkeypatch.setitem(data.SPECS, "cifar10", spec)
+        return mirror, spec
+    return make
+
+
+def _damage_last(run_dir, how):
+    import torch  # here, not at the top: the thread count above is set before torch starts
+
+    path = os.path.join(run_dir, "last.pth")
+    if how == "empty":
+        open(path, "wb").close()
+        return "cannot load checkpoint"
+    if how == "truncated":
+        blob = open(path, "rb").read()
+        open(path, "wb").write(blob[: len(blob) // 2])
+        return "cannot load checkpoint"
+    state = torch.load(path, weights_only=True)
+    if how == "missing_keys":
+        del state["epoch"], state["optimizer"], state["history"]
+        message = "lacks epoch, optimizer, history"
+    elif how == "wrong_shapes":
+        state["model"]["classifier.weight"] = torch.zeros(3, 3)
+        message = "its model does not fit this run"
+    elif how == "epoch_beyond_history":
+        state["epoch"] = 2
+        message = "its history does not hold epochs 1..2"
+    elif how == "epoch_beyond_plan":
+        state["epoch"] = 99
+        message = "outside this run's 0..2"
+    else:  # history of the wrong length
+        state["history"] = state["history"] + state["history"]
+        message = "its history does not hold epochs 1..1"
+    torch.save(state, path)
+    return message
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(smoke_data, tmp_path_factory):
+    """A run folder killed after epoch 1 of 2: what --resume is for."""
+    out = str(tmp_path_factory.mktemp("interrupted"))
+    proc = _popen(*SMOKE, "--data-dir", smoke_data, "--out", out, stderr=subprocess.DEVNULL)
+    _wait_for(proc, "epoch   1/2")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    return only_run(out)
+
+
+def _on_tmpfs(mount, size: str, read_only: bool, command: str) -> subprocess.CompletedProcess:
+    """Run `command` with a tmpfs of `size` (read-only if asked) at `mount`, in a private mount namespace."""
+    os.makedirs(mount, exist_ok=True)
+    setup = f"mount -t tmpfs -o size={size} tmpfs {mount} && "
+    if read_only:
+        setup += f"mount -o remount,ro {mount} && "
+    return subprocess.run(["unshare", "-rm", "sh", "-c", setup + command], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+
+
+def _quick(smoke_data, out, *extra):
+    return ["--smoke", "--dataset", "cifar10", "--save-every", "0", "--data-dir", smoke_data, "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def killed_run(smoke_data, tmp_path_factory):
+    """A run folder (and its own copy of the data) killed in epoch 2 of 3."""
+    root = tmp_path_factory.mktemp("killed")
+    data = root / "data"
+    shutil.copytree(os.path.join(smoke_data, "synthetic", "small"), data)
+    proc = subprocess.Popen([sys.executable, "-u", os.path.join(REPO, "ex_1.py"), "--dataset", "cifar10",
+                             "--epochs", "3", "--batch-size", "16", "--save-every", "0", "--data-dir", str(data),
+                             "--out", str(root / "out")], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if "epoch   1/3" in line:
+            break
+    proc.kill()
+    proc.wait(timeout=30)
+    return only_run(str(root / "out")), data
+
+
+def _copy_run(killed_run, tmp_path):
+    run_dir, data = killed_run
+    copy_data = tmp_path / "data"
+    shutil.copytree(data, copy_data)
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    record = json.load(open(copy / "config.json"))
+    record["config"]["data_dir"] = str(copy_data)
+    (copy / "config.json").write_text(json.dumps(record))
+    return str(copy), copy_data
+
+
+_SIGNAL_DURING_WRITE = textwrap.dedent("""
+    import os, runpy, signal, sys
+    sys.path.insert(0, {repo!r})
+    from common import files
+    real, count = files.atomic_write, [0]
+    def write(path, writer, what=None):
+        if os.path.basename(path) == "last.pth":
+            count[0] += 1
+            if count[0] == 3:  # epoch 2's last.pth, half written: Ctrl-C
+                def half(f):
+                    f.write(b"partial")
+                    os.kill(os.getpid(), signal.SIGINT)
+                    writer(f)
+                return real(path, half, what)
+        return real(path, writer, what)
+    files.atomic_write = write
+    sys.argv = [{script!r}] + sys.argv[1:]
+    runpy.run_path({script!r}, run_name="__main__")
+""")
+
+
+def _start(smoke_data, out, *extra, **popen):
+    return subprocess.Popen([sys.executable, "-u", os.path.join(REPO, "ex_1.py"), *_quick(smoke_data, out, *extra)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def _read_until(proc, marker):
+    for line in proc.stdout:
+        if marker in line:
+            return
+
+
+_SIGNAL_WHILE_TESTING = textwrap.dedent("""
+    import os, runpy, signal, sys
+    sys.path.insert(0, {repo!r})
+    from common import experiment
+    real = experiment.classification_metrics
+    def metrics(*args, **kwargs):  # the test phase of best.pth has begun: SIGTERM (a preemption)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+    experiment.classification_metrics = metrics
+    sys.argv = [{script!r}] + sys.argv[1:]
+    runpy.run_path({script!r}, run_name="__main__")
+""")
+
+
+def _dataset_with(tmp_path, smoke_data, change):
+    import pickle
+
+    data = tmp_path / "data"
+    shutil.copytree(os.path.join(smoke_data, "synthetic", "small"), data)
+    folder = data / "cifar-10-batches-py"
+    name, obj = change(folder)
+    with open(folder / name, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+    return data
+
+
+def _load(path):
+    import pickle
+    return pickle.load(open(path, "rb"), encoding="latin1")
+
+
+@contextmanager
+def raw_server(respond):
+    """A 127.0.0.1 server that hands each connection to respond(conn); yields its base URL."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    stop = threading.Event()
+
+    def serve():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            threading.Thread(target=_answer, args=(respond, conn, stop), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}/"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        server.close()
+
+
+def _answer(respond, conn, stop):
+    try:
+        conn.recv(65536)  # the request
+        respond(conn, stop)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def _trickle(conn, stop):
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 170498071\r\n\r\n")
+    while not stop.is_set():
+        conn.sendall(b"x")
+        time.sleep(1)
+
+
+def _endless(conn, stop):
+    conn.sendall(b"HTTP/1.1 200 OK\r\n\r\n")
+    block = b"\0" * (1 << 20)
+    while not stop.is_set():
+        conn.sendall(block)
+
+
+def _huge(conn, stop):
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\nxxxx")
+
+
+def _not_http(conn, stop):
+    conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+
+
+def _bad_chunks(conn, stop):
+    conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n")
+
+
+def _redirect_loop(conn, stop):
+    conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: /cifar-10-python.tar.gz\r\nContent-Length: 0\r\n\r\n")
+
+
+class _Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def _compare(*args, cwd=REPO):
+    """`python -m common.compare ARGS`, in this process (its main() is the command line): quick."""
+    import contextlib
+
+    from common.compare.cli import main as compare_main
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                compare_main(list(args))
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+                if not isinstance(e.code, int) and e.code is not None:
+                    err.write(f"{e.code}\n")
+    finally:
+        os.chdir(here)
+    return _Result(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def two_runs(ex1_smoke_runs, tmp_path):
+    """ex_1/cifar_10/{good,other}: two copies of one smoke run, seeds 0 and 1."""
+    out, _ = ex1_smoke_runs
+    (run,) = (out / "cifar_10").iterdir()
+    folders = []
+    for name, seed in (("good", 0), ("other", 1)):
+        dest = tmp_path / "ex_1" / "cifar_10" / name
+        shutil.copytree(run, dest)
+        record = json.load(open(dest / "config.json"))
+        record["seed"] = record["config"]["seed"] = seed
+        (dest / "config.json").write_text(json.dumps(record))
+        folders.append(dest)
+    return tmp_path / "ex_1", folders
+
+
+SMOKE_BATCH16 = ["--smoke", "--dataset", "cifar10", "--batch-size", "16", "--save-every", "0"]
+
+
+def _plan(out, name):
+    plan_dir = os.path.join(out, "sweeps", name)
+    raw = json.load(open(os.path.join(plan_dir, "sweep.json")))
+    return plan_dir, raw, [os.path.join(plan_dir, m["run_dir"]) for m in raw["members"]]
+
+
+def _status(run_dir):
+    path = os.path.join(run_dir, "train.json")
+    return json.load(open(path))["status"] if os.path.exists(path) else "not started"
+
+
+def _pretend_started_on_a_gpu_node(plan_dir, raw, members):
+    """What a plan started with --device cuda on a GPU node holds: sweep.json and config.json name cuda."""
+    for m in raw["members"]:
+        m["options"]["device"] = "cuda"
+    json.dump(raw, open(os.path.join(plan_dir, "sweep.json"), "w"))
+    for run_dir in members:
+        config = os.path.join(run_dir, "config.json")
+        if os.path.exists(config):
+            record = json.load(open(config))
+            record["config"]["device"] = "cuda"
+            json.dump(record, open(config, "w"))
+
+
+def _stopped_plan(smoke_data, out, name="e", epochs="3"):
+    run_script("ex_1.py", *SMOKE_BATCH16, "--sweep", "lr=0.001,0.003", "--epochs", epochs, "--name", name,
+               "--data-dir", smoke_data, "--out", out, env=hooked("train_json", "SIGINT"))
+    return _plan(out, name)
+
+
+@pytest.fixture(scope="module")
+def compared(smoke_data, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("compared"))
+    result = run_script("ex_1.py", *SMOKE_BATCH16, "--sweep", "lr=0.001,0.003", "--epochs", "1", "--name", "c",
+                        "--data-dir", smoke_data, "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return os.path.join(out, "sweeps", "c")
+
+
+def _compare_process(*args):
+    return subprocess.run([sys.executable, "-m", "common.compare", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)

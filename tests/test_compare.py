@@ -7,7 +7,11 @@ import statistics
 import pytest
 import torch
 
-from common import compare, stats
+from common.compare import stats
+from common.compare.cli import main as compare_main
+from common.compare.rows import build_rows, choose_baselines, summarize_row
+from common.compare.runs import collect
+from common.compare.tables import markdown, markers
 from common.devices import cpu_model
 from tests.conftest import run_script
 
@@ -38,9 +42,9 @@ def test_seeds_give_one_run_folder_each(seeded_runs):
 
 
 def _rows(*folders, baseline=None):
-    runs = compare.collect([str(f) for f in folders])
-    rows = compare.build_rows(runs)
-    compare.choose_baselines(rows, baseline)
+    runs = collect([str(f) for f in folders])
+    rows = build_rows(runs)
+    choose_baselines(rows, baseline)
     return runs, rows
 
 
@@ -54,7 +58,7 @@ def test_compare_table_matches_the_run_folders(seeded_runs, tmp_path):
     (broken / "train.json").write_text(json.dumps(dict(train, status="interrupted")))
 
     runs, rows = _rows(seeded_runs / "ex_1", seeded_runs / "ex_2")
-    summaries = [compare.summarize_row(r) for r in rows]
+    summaries = [summarize_row(r) for r in rows]
     assert [s["experiment"] for s in summaries] == ["ex_1", "ex_2"]
     for summary in summaries:
         folder = seeded_runs / summary["experiment"] / "cifar_10"
@@ -68,7 +72,7 @@ def test_compare_table_matches_the_run_folders(seeded_runs, tmp_path):
         assert summary["val_accuracy"]["mean"] == pytest.approx(statistics.mean(vals))
         interval = stats.mean_ci(accs)
         assert summary["test_accuracy"]["ci95"] == pytest.approx([interval.low, interval.high])
-    text = compare.markdown(rows, runs)
+    text = markdown(rows, runs)
     assert "| ex_1 | 2 of 50 epochs; batch size 32 | 3 (0,1,2) |" in text
     assert "| ex_2 | 1 of 100 epochs; batch size 32; image size 32 | 3 (0,1,2) |" in text
     threads = json.load(open(first / "config.json"))["environment"]["torch_threads"]
@@ -78,9 +82,9 @@ def test_compare_table_matches_the_run_folders(seeded_runs, tmp_path):
 
     figure = tmp_path / "val.png"
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{compare.markers('compare')[0]}\nold\n{compare.markers('compare')[1]}"
+    readme.write_text(f"intro\n{markers('compare')[0]}\nold\n{markers('compare')[1]}"
                       f"\nafter\n")
-    compare.main([str(seeded_runs / "ex_1"), str(seeded_runs / "ex_2"), "--figure", str(figure),
+    compare_main([str(seeded_runs / "ex_1"), str(seeded_runs / "ex_2"), "--figure", str(figure),
                   "--readme", str(readme)])
     assert figure.read_bytes()[:4] == b"\x89PNG"
     new = readme.read_text()
@@ -100,7 +104,7 @@ def test_runs_on_other_hardware_or_without_pretrained_weights_are_rows_of_their_
         config["config"].update(change.get("config_fields", {}))
         (copy / "config.json").write_text(json.dumps(config))
     runs, rows = _rows(seeded_runs / "ex_1", *(tmp_path / n / "ex_1" for n in ("gpu", "torch", "scratch")))
-    text = compare.markdown(rows, runs)
+    text = markdown(rows, runs)
     changes = "2 of 50 epochs; batch size 32"
     threads = json.load(open(first / "config.json"))["environment"]["torch_threads"]
     assert (f"· synthetic · {_cpu()} · torch {torch.__version__} · {threads} thread{'s' * (threads != 1)}"
@@ -135,6 +139,7 @@ def test_tensorboard_events_parse_with_tensorboards_reader(tb_tta_run):
 
 def test_tta_is_reported_beside_plain_and_differs_only_by_the_flip(tb_tta_run, smoke_data):
     from common.augment import Preprocess
+    from common.config import data_folder
     from common.data import SPECS, load_cifar
     from common.metrics import classification_metrics
     from common.models import build_model
@@ -144,7 +149,7 @@ def test_tta_is_reported_beside_plain_and_differs_only_by_the_flip(tb_tta_run, s
     test = json.load(open(tb_tta_run / "test.json"))
     assert {"accuracy", "f1", "auc"} <= set(test) and {"accuracy", "f1", "auc", "loss"} <= set(test["tta"])
     record = read_config(str(tb_tta_run))
-    data = load_cifar(SPECS["cifar10"], record.options.data_dir, download=False)
+    data = load_cifar(SPECS["cifar10"], data_folder(record.recipe, record.options), download=False)
     model = build_model(record.recipe.model, 10, 32, False)
     model.load_state_dict(torch.load(tb_tta_run / "best.pth", weights_only=True)["model"])
     pre = Preprocess(32, record.recipe.mean, record.recipe.std, "cpu")
@@ -223,11 +228,11 @@ def test_a_repeated_seed_counts_once_says_which_folder_it_kept_and_any_recipe_fi
     duplicate = experiment / "cifar_10" / (first.name + "_1")
     shutil.copytree(first, duplicate)  # the same seed run again
     runs, rows = _rows(experiment)
-    (summary,) = [compare.summarize_row(r) for r in rows]
+    (summary,) = [summarize_row(r) for r in rows]
     assert (summary["n"], summary["seeds"]) == (2, [0, 1])
     (kept,) = summary["duplicates"]
     assert kept["seed"] == 0 and {kept["kept"], *kept["dropped"]} == {str(first), str(duplicate)}
-    assert f"kept {kept['kept']}" in compare.markdown(rows, runs)
+    assert f"kept {kept['kept']}" in markdown(rows, runs)
     from common.config import recipe_key_fields
     original = (second / "config.json").read_text()
     for field, value in (("weight_decay", 0.5), ("augment", "crop_flip"), ("image_size", 64), ("amp", False),
@@ -237,7 +242,7 @@ def test_a_repeated_seed_counts_once_says_which_folder_it_kept_and_any_recipe_fi
         config["config"][field] = value
         (second / "config.json").write_text(json.dumps(config))
         _, rows = _rows(experiment)
-        assert sorted(compare.summarize_row(r)["n"] for r in rows) == [1, 1], field
+        assert sorted(summarize_row(r)["n"] for r in rows) == [1, 1], field
         (second / "config.json").write_text(original)
 
 
@@ -257,5 +262,5 @@ def run_module_compare(*args, cwd=None):
     import sys
 
     from tests.conftest import REPO
-    return subprocess.run([sys.executable, os.path.join(REPO, "common", "compare.py"), *args], cwd=cwd or REPO,
+    return subprocess.run([sys.executable, os.path.join(REPO, "common", "compare"), *args], cwd=cwd or REPO,
                           capture_output=True, text=True, timeout=120)

@@ -48,11 +48,12 @@ def test_a_field_added_to_recipe_reaches_help_config_json_header_compare_key_and
         from common import config
         config.Recipe = dataclasses.make_dataclass("Recipe", [("label_smoothing", float, config.knob(
             0.0, "x", config.number(float, 0, 1)))], bases=(config.Recipe,), frozen=True)
-        from common import compare
+        from common.compare.rows import describe_changes, recipe_changes
+        from common.compare.runs import collect
         assert "label_smoothing" in config.recipe_key_fields()
-        (run,) = compare.collect([{str(out)!r}])
-        assert compare.recipe_changes(run.record) == {{"epochs": 1, "batch_size": 32, "label_smoothing": 0.1}}
-        print(compare.describe_changes(run.record, compare.recipe_changes(run.record)))
+        (run,) = collect([{str(out)!r}])
+        assert recipe_changes(run.record) == {{"epochs": 1, "batch_size": 32, "label_smoothing": 0.1}}
+        print(describe_changes(run.record, recipe_changes(run.record)))
     """)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stderr[-2000:]
     assert "label smoothing 0.1" in check.stdout  # compare's row says how it differs

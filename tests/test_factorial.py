@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from common import compare, factorial, stats
+from common.compare import factorial, stats, tables
+from common.compare.cli import main as compare_main
+from common.compare.rows import build_rows, summarize_row
+from common.compare.runs import collect
+from common.compare.tables import markers, reference_table
 
 LEVELS = {"model": ("tutorial_cnn", "three_block_cnn"), "optimizer": ("adam", "adamw"),
           "scheduler": ("none", "cosine"), "augment": ("none", "crop_flip")}
@@ -173,7 +177,7 @@ def test_compare_prints_main_effects_and_writes_them_to_json_and_a_figure(smoke_
     root = tmp_path / "factorial"
     for i, ((cell, _), value) in enumerate(zip(runs, values)):
         fabricate(smoke_run, root / f"run{i}", cell, seed=i % 2, test=value, val=value)
-    compare.main([str(root), "--json", str(tmp_path / "t.json")])
+    compare_main([str(root), "--json", str(tmp_path / "t.json")])
     out = capsys.readouterr().out
     assert "**Main effects**" in out and "| augment | none → crop_flip |" in out
     assert "| model × augment | interaction |" in out  # the interaction that stands out
@@ -185,7 +189,7 @@ def test_compare_prints_main_effects_and_writes_them_to_json_and_a_figure(smoke_
     assert (root / "compare_effects.png").read_bytes()[:4] == b"\x89PNG"  # inside the compared folder
     readme = tmp_path / "README.md"
     readme.write_text("<!-- effects:start -->\n<!-- effects:end -->\n")
-    compare.main([str(root), "--readme", str(readme), "--block", "effects", "--figure", str(tmp_path / "e.png")])
+    compare_main([str(root), "--readme", str(readme), "--block", "effects", "--figure", str(tmp_path / "e.png")])
     assert "| augment | none → crop_flip |" in readme.read_text() and "| ex_1 |" not in readme.read_text()
     assert (tmp_path / "e.png").exists() and not (tmp_path / "e_effects.png").exists()
 
@@ -193,7 +197,7 @@ def test_compare_prints_main_effects_and_writes_them_to_json_and_a_figure(smoke_
 def test_one_seed_a_side_prints_no_p_value(smoke_run, tmp_path, capsys):
     fabricate(smoke_run, tmp_path / "a", seed=0, test=0.61)
     fabricate(smoke_run, tmp_path / "b", {"lr": 0.003}, seed=0, test=0.69)
-    compare.main([str(tmp_path), "--no-figures"])
+    compare_main([str(tmp_path), "--no-figures"])
     (row,) = [line for line in capsys.readouterr().out.splitlines() if "lr 0.003" in line]
     assert "— (one seed on a side)" in row and "+0.0800" in row
     cells = [c.strip() for c in row.split("|")]
@@ -205,9 +209,9 @@ def test_thread_counts_and_precisions_make_separate_rows(smoke_run, tmp_path):
         fabricate(smoke_run, tmp_path / f"one{seed}", seed=seed, threads=1)
         fabricate(smoke_run, tmp_path / f"two{seed}", seed=seed, threads=2)
         fabricate(smoke_run, tmp_path / f"bf16{seed}", seed=seed, threads=2, precision="bfloat16")
-    rows = compare.build_rows(compare.collect([str(tmp_path)]))
+    rows = build_rows(collect([str(tmp_path)]))
     assert sorted(len(r.runs) for r in rows) == [2, 2, 2]
-    labels = {(compare.summarize_row(r)["threads"], compare.summarize_row(r)["precision"]) for r in rows}
+    labels = {(summarize_row(r)["threads"], summarize_row(r)["precision"]) for r in rows}
     assert labels == {("1 thread x 1 process", "float32"), ("2 threads x 1 process", "float32"),
                       ("2 threads x 1 process", "bfloat16")}
 
@@ -218,12 +222,12 @@ def test_the_cpus_vector_isa_makes_separate_rows_and_the_results_cell_takes_the_
     fabricate(smoke_run, tmp_path / "avx2", seed=0, isa="AVX2", test=0.70)
     for seed in (0, 1, 2):
         fabricate(smoke_run, tmp_path / f"avx512-{seed}", seed=seed, isa="AVX512", test=0.71)
-    rows = compare.build_rows(compare.collect([str(tmp_path)]))
-    assert sorted((compare.summarize_row(r)["hardware"].split()[-1], len(r.runs)) for r in rows) == \
+    rows = build_rows(collect([str(tmp_path)]))
+    assert sorted((summarize_row(r)["hardware"].split()[-1], len(r.runs)) for r in rows) == \
         [("AVX2", 1), ("AVX512", 3)]
-    monkeypatch.setattr(compare, "reference_rows", lambda rows: rows)  # the smoke runs stand in for real ones
+    monkeypatch.setattr(tables, "reference_rows", lambda rows: rows)  # the smoke runs stand in for real ones
     for order in (rows, rows[::-1]):
-        (line,) = [x for x in compare.reference_table(order).splitlines() if x.startswith("| ex_1 | CIFAR-10 |")]
+        (line,) = [x for x in reference_table(order).splitlines() if x.startswith("| ex_1 | CIFAR-10 |")]
         assert "| 3 (0,1,2) |" in line, line
 
 
@@ -237,13 +241,13 @@ def test_of_two_three_seed_rows_the_results_cell_takes_the_one_with_predictions_
             (run / "config.json").write_text(json.dumps({**config, "start_time": start}))
         return tmp_path / f"{isa}-0"
 
-    monkeypatch.setattr(compare, "reference_rows", lambda rows: rows)  # the smoke runs stand in for real ones
+    monkeypatch.setattr(tables, "reference_rows", lambda rows: rows)  # the smoke runs stand in for real ones
 
     def headline(accuracies):
-        rows = compare.build_rows(compare.collect([str(tmp_path)]))
+        rows = build_rows(collect([str(tmp_path)]))
         cells = []
         for order in (rows, rows[::-1]):
-            (line,) = [x for x in compare.reference_table(order).splitlines() if x.startswith("| ex_1 | CIFAR-10 |")]
+            (line,) = [x for x in reference_table(order).splitlines() if x.startswith("| ex_1 | CIFAR-10 |")]
             cells.append([a for a in accuracies if f"| {a:.4f} ± " in line])
         return cells
 
@@ -256,7 +260,7 @@ def test_of_two_three_seed_rows_the_results_cell_takes_the_one_with_predictions_
 
 
 def test_the_results_block_gives_the_gap_to_the_report_with_its_interval(smoke_run, tmp_path):
-    from common.reference import REPORT
+    from common.compare.reference import REPORT
 
     accuracies = [0.7137, 0.7077, 0.6911]
     for seed, accuracy in enumerate(accuracies):
@@ -266,27 +270,30 @@ def test_the_results_block_gives_the_gap_to_the_report_with_its_interval(smoke_r
         config["config"]["epochs"] = config["recipe"]["epochs"] = 2
         config["config"]["batch_size"] = config["recipe"]["batch_size"]
         (run / "config.json").write_text(json.dumps(config))
-    rows = compare.build_rows(compare.collect([str(tmp_path)]))
-    table = compare.reference_table(rows)
+    rows = build_rows(collect([str(tmp_path)]))
+    table = reference_table(rows)
     (line,) = [x for x in table.splitlines() if x.startswith("| ex_1 | CIFAR-10 |")]
     gap = stats.gap(accuracies, REPORT["ex_1"]["cifar10"]["accuracy"])
     assert f"{gap.mean:+.4f} [{gap.low:+.4f}, {gap.high:+.4f}]" in line and "| 3 (0,1,2) |" in line
 
 
-README_BLOCKS = {"results": ["results/ex_1"], "ablation": ["results/ex_1/sweeps/lr", "--baseline", "lr=0.001"],
-                 "effects": ["results/ex_2/sweeps/factorial"]}
+README_BLOCKS = {"results": ("README.md", ["results/ex_1"]),
+                 "ablation": ("docs/ablations.md", ["results/ex_1/sweeps/lr", "--baseline", "lr=0.001"]),
+                 "effects": ("docs/ablations.md", ["results/ex_2/sweeps/factorial"])}
 
 
 @pytest.mark.parametrize("block", README_BLOCKS)
 def test_readme_tables_are_what_compare_makes_of_the_shipped_run_folders(block, tmp_path):
-    """README's tables are compare's output on the folders under results/, not hand-edited numbers."""
+    """README's and docs/ablations.md's tables are compare's output on the folders under results/,
+    not hand-edited numbers."""
     from tests.conftest import REPO
 
-    readme = open(os.path.join(REPO, "README.md")).read()
-    start, end = compare.markers(block)
+    document, folders = README_BLOCKS[block]
+    readme = open(os.path.join(REPO, document)).read()
+    start, end = markers(block)
     copy = tmp_path / "README.md"
     copy.write_text(f"{start}\n{end}\n")
-    compare.main([os.path.join(REPO, p) if p.startswith("results") else p for p in README_BLOCKS[block]]
+    compare_main([os.path.join(REPO, p) if p.startswith("results") else p for p in folders]
                  + ["--readme", str(copy), "--block", block, "--no-figures"])
     made = copy.read_text()
     assert made[len(start) + 1:-len(end) - 1] in readme and readme.count(start) == 1

@@ -15,20 +15,39 @@ import torch
 from tests.conftest import REPO, run_script
 
 
+def _shown(value) -> str:
+    """A value as a reader expects it in the header: 0.001, 0.5,0.5,0.5, tutorial_cnn."""
+    if isinstance(value, list):
+        return ",".join(_shown(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def test_header_says_device_data_recipe_and_folder_before_training(ex1_smoke_runs):
+    from common.config import Recipe, applies, from_dict, knobs
+
     out, result = ex1_smoke_runs
     text = result.stdout
     header = re.search(r"ex_1 cifar10 seed 0 \| CPU (.+), (\d+) threads\n"
                        r"  data:   540 train / 60 validation / 200 test images \(synthetic, --smoke\)\n"
-                       r"  recipe: tutorial_cnn \(50,326 parameters\), 2 epochs, batch 32, adam, lr 0.001, "
-                       r"weight decay 0.0001, schedule none, 0 warm-up epochs, 32 px, augmentation none, "
-                       r"mean 0.5,0.5,0.5, std 0.5,0.5,0.5, validation 0.1, split seed 0\n"
+                       r"  recipe: (.+)\n"
                        r"  run folder: (.+)\n", text)
     assert header, text[:2000]
-    assert header.group(3).startswith(str(out / "cifar_10"))
+    run = header.group(4)
+    assert run.startswith(str(out / "cifar_10"))
+    # every declared field that applies is in the recipe line, in declaration order, with the value
+    # config.json records (a boolean as one of its two words)
+    config = json.load(open(os.path.join(run, "config.json")))["config"]
+    recipe = from_dict(Recipe, config, "config.json")[0]
+    words = header.group(3).split(", ")
+    shown = [(name, k) for name, (k, _) in knobs(Recipe).items()
+             if config[name] is not None and applies(k, recipe)]
+    assert len(words) == len(shown), (words, [n for n, _ in shown])
+    for word, (name, k) in zip(words, shown):
+        expected = (k.show[0] if config[name] else k.show[1]) if isinstance(k.show, tuple) else _shown(config[name])
+        assert expected in word, (name, word)
+    assert words[0] == "tutorial_cnn (50,326 parameters)"
     assert text.index("loading cifar10") < header.start() < text.index("epoch   1/2")
     assert "Total params" not in text  # the torchsummary table goes to model_summary.txt
-    run = header.group(3)
     assert "Total params: 50,326" in open(os.path.join(run, "model_summary.txt")).read()
 
 
@@ -78,7 +97,7 @@ def test_a_script_run_from_another_folder_uses_the_repos_data_and_output(tmp_pat
 
 def test_compare_runs_from_any_folder(ex1_smoke_runs, tmp_path):
     out, _ = ex1_smoke_runs
-    result = subprocess.run([sys.executable, os.path.join(REPO, "common", "compare.py"), str(out),
+    result = subprocess.run([sys.executable, os.path.join(REPO, "common", "compare"), str(out),
                              "--figure", str(tmp_path / "f.png")], cwd=tmp_path, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -130,35 +149,72 @@ def test_llm_prompt_lists_every_flag_as_declared_and_names_every_run_folder_file
     assert "README.md" in prompt
 
 
-# common/ is layered: each module imports only modules of the floors below it.
-FLOORS = [{"errors", "stopping"},
-          {"files", "devices", "distributed", "metrics", "stats", "reference", "torchfiles"},
-          {"download", "console", "provenance", "augment", "optimizers", "schedules"}, {"models", "data"}, {"config"},
-          {"cli", "runfolder", "factorial"}, {"train", "plots", "plan"}, {"experiment", "compare", "jobs"}, {"member"}, {"slurm"},
-          {"launch"}]
+COMMON = os.path.join(REPO, "common")
+ROOMS = ("plans", "compare")  # what grew around the single run, each in a package of its own
 
 
-def test_common_imports_point_one_way_and_never_at_a_script():
-    floor_of = {name: i for i, floor in enumerate(FLOORS) for name in floor}
-    modules = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "common", "*.py"))} - {"__init__"}
-    assert modules == set(floor_of), modules ^ set(floor_of)
-    for name in modules:
-        tree = ast.parse(open(os.path.join(REPO, "common", name + ".py")).read())
-        for node in ast.walk(tree):
-            targets = []
-            if isinstance(node, ast.ImportFrom) and node.module:
-                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            for target in targets:
-                assert not target.startswith("ex_"), (name, target)
-                parts = target.split(".")
-                if parts[0] == "common" and len(parts) > 1 and parts[1] in floor_of:
-                    assert floor_of[parts[1]] < floor_of[name], f"common.{name} imports common.{parts[1]}"
+def common_modules() -> dict:
+    """{dotted name: path} of every module in common/, packages' __init__ and __main__ included."""
+    paths = glob.glob(os.path.join(COMMON, "**", "*.py"), recursive=True)
+    return {"common." + os.path.relpath(p, COMMON)[:-3].replace(os.sep, ".").removesuffix(".__init__"): p
+            for p in paths if os.path.basename(p) != "__init__.py" or os.path.dirname(p) != COMMON}
+
+
+def imports_of(path: str, modules: dict) -> set:
+    """The common modules a file imports (`from common.compare import stats` names common.compare.stats)."""
+    found = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        assert not any(n.startswith("ex_") for n in names), (path, names)  # common/ never imports a script
+        found |= {n for n in names if n in modules}
+    return found
+
+
+def room(module: str) -> str:
+    """'plans', 'compare', or 'top' (the single run and the ground it stands on)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in ROOMS else "top"
+
+
+def test_imports_follow_three_rules_and_point_one_way():
+    """1. Nothing at the top level imports plans or compare, except launch (the command line), which
+    imports plans. 2. compare never imports plans, nor plans compare. 3. No cycles."""
+    modules = common_modules()
+    graph = {m: imports_of(p, modules) - {m} for m, p in modules.items()}
+    for module, targets in graph.items():
+        for target in targets:
+            if room(module) == "top" and room(target) != "top":
+                assert (module, room(target)) == ("common.launch", "plans"), f"{module} imports {target}"
+            assert {room(module), room(target)} != {"plans", "compare"}, f"{module} imports {target}"
+    done, visiting = set(), []
+
+    def visit(m):
+        assert m not in visiting, " -> ".join(visiting[visiting.index(m):] + [m])
+        if m not in done:
+            visiting.append(m)
+            for t in graph[m]:
+                if t != m.rsplit(".", 1)[0]:  # a package's module may name its own package
+                    visit(t)
+            visiting.pop()
+            done.add(m)
+
+    for m in graph:
+        visit(m)
+
+
+def test_design_md_describes_every_module():
+    text = open(os.path.join(REPO, "docs", "design.md")).read()
+    missing = [m for m in common_modules() if f"`{m.removeprefix('common.')}`" not in text]
+    assert not missing
 
 
 def test_no_function_outside_the_tests_is_longer_than_60_lines():
-    paths = glob.glob(os.path.join(REPO, "common", "*.py")) + glob.glob(os.path.join(REPO, "benchmarks", "*.py")) + \
+    paths = list(common_modules().values()) + glob.glob(os.path.join(REPO, "benchmarks", "*.py")) + \
         glob.glob(os.path.join(REPO, "ex_*.py"))
     long = []
     for path in paths:
@@ -170,6 +226,6 @@ def test_no_function_outside_the_tests_is_longer_than_60_lines():
 
 def test_library_functions_are_not_named_like_tests():
     """pytest would collect a common.* function called test_* wherever a test imports it."""
-    for path in glob.glob(os.path.join(REPO, "common", "*.py")):
+    for path in common_modules().values():
         names = [n.name for n in ast.walk(ast.parse(open(path).read())) if isinstance(n, ast.FunctionDef)]
         assert not [n for n in names if n.startswith("test")], path

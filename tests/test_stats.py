@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from common import compare, stats
+from common.compare import stats
+from common.compare.cli import main as compare_main
 
 
 def test_mean_ci_is_students_t_interval():
@@ -66,7 +67,7 @@ def test_compare_json_holds_numbers_each_rows_folders_and_the_baseline_test(tmp_
     _copy(c100, root / "cifar_100" / "a")
     _copy(c100, root / "cifar_100" / "b", lr=0.002)
     table = tmp_path / "table.json"
-    compare.main([str(root), "--json", str(table), "--baseline", "lr=0.001", "--figure", str(tmp_path / "f.png")])
+    compare_main([str(root), "--json", str(table), "--baseline", "lr=0.001", "--figure", str(tmp_path / "f.png")])
     rows = json.load(open(table))["rows"]
     assert len(rows) == 4
     for row in rows:

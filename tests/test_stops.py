@@ -5,20 +5,34 @@ ends with the metrics of an uninterrupted run. The moments come from tests/stop_
 into every Python process of the test (lone runs and plan members alike)."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+import torch
 
-from tests.conftest import ARGS, REPO, only_run, run_metrics, run_script
-
-HOOK = os.path.join(REPO, "tests", "stop_hook")
-
-
-def hooked(how: str, signal_name: str = "SIGTERM") -> dict:
-    return {"PYTHONPATH": HOOK, "STOP_HOOK": how, "STOP_HOOK_SIGNAL": signal_name, "STOP_HOOK_REPO": REPO}
+from tests.conftest import (
+    _SIGNAL_DURING_WRITE,
+    _SIGNAL_WHILE_TESTING,
+    ARGS,
+    REPO,
+    SMOKE,
+    _one_error_line,
+    _popen,
+    _quick,
+    _read_until,
+    _start,
+    _temp_files,
+    _wait_for,
+    closed_port,
+    hooked,
+    only_run,
+    run_metrics,
+    run_script,
+)
 
 
 def _train_status(run_dir):
@@ -109,11 +123,11 @@ def test_a_jobs_launcher_killed_outright_leaves_no_member_running(smoke_data, tm
     while not all(os.path.exists(p) and "epoch   1/50" in open(p).read() for p in logs):
         assert time.monotonic() < deadline and proc.poll() is None, "the members never trained"
         time.sleep(0.2)
-    assert len(_processes_with(f"common.member {plan_dir}")) == 2
+    assert len(_processes_with(f"common.plans.member {plan_dir}")) == 2
     proc.kill()
     proc.wait(timeout=30)
     time.sleep(10)
-    left = _processes_with(f"common.member {plan_dir}")
+    left = _processes_with(f"common.plans.member {plan_dir}")
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert left == []
@@ -134,14 +148,172 @@ def test_a_member_whose_launcher_is_gone_stops_even_without_the_death_signal(smo
     log = os.path.join(plan_dir, member, "log.txt")
     parent = subprocess.Popen([sys.executable, "-c",
                                "import os, subprocess, sys, time\n"
-                               f"subprocess.Popen([sys.executable, '-m', 'common.member', {plan_dir!r}, {member!r}],"
+                               f"subprocess.Popen([sys.executable, '-m', 'common.plans.member', {plan_dir!r}, {member!r}],"
                                f" cwd={REPO!r}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
                                f"while not (os.path.exists({log!r}) and 'epoch   1/50' in open({log!r}).read()):\n"
                                "    time.sleep(0.1)\n"],
                               cwd=REPO)
     assert parent.wait(timeout=180) == 0  # the member's parent is gone; no death signal was asked for
     deadline = time.monotonic() + 30
-    while _processes_with(f"common.member {plan_dir}"):
+    while _processes_with(f"common.plans.member {plan_dir}"):
         assert time.monotonic() < deadline, "the member trained on without its launcher"
         time.sleep(0.2)
     assert _train_status(os.path.join(plan_dir, member)) == "interrupted"
+
+
+def test_sigterm_mid_epoch_marks_interrupted_exits_143_and_resume_matches(uninterrupted, smoke_data, tmp_path):
+    out = str(tmp_path / "out")
+    with open(tmp_path / "err.txt", "w") as err:
+        proc = _popen(*ARGS, "--data-dir", smoke_data, "--out", out, stderr=err)
+        _wait_for(proc, "epoch   1/3")
+        time.sleep(0.3)  # inside epoch 2
+        sent = time.perf_counter()
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        stopped_after = time.perf_counter() - sent
+    assert proc.returncode == 143
+    assert stopped_after < 10
+    run_dir = only_run(out)
+    assert json.load(open(os.path.join(run_dir, "train.json")))["status"] == "interrupted"
+    message = (tmp_path / "err.txt").read_text()
+    assert f"--resume {run_dir}" in message and "Traceback" not in message
+    assert _temp_files(run_dir) == []
+    # A write cut short by SIGKILL leaves a temp file: --resume clears it.
+    (tmp_path / "out" / "cifar_10" / os.path.basename(run_dir) / ".last.pth.abc123.tmp").write_bytes(b"half")
+    result = run_script("ex_1.py", "--resume", run_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert run_metrics(run_dir) == uninterrupted
+    assert _temp_files(run_dir) == []
+
+
+def test_a_second_ctrl_c_while_stopping_prints_no_traceback(smoke_data, tmp_path):
+    with open(tmp_path / "err.txt", "w") as err:
+        proc = _popen(*SMOKE, "--epochs", "5", "--data-dir", smoke_data, "--out", str(tmp_path / "out"), stderr=err)
+        _wait_for(proc, "epoch   1/5")
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in (tmp_path / "err.txt").read_text()
+    assert json.load(open(os.path.join(only_run(str(tmp_path / "out")), "train.json")))["status"] == "interrupted"
+
+
+def test_a_stop_signal_while_python_shuts_down_keeps_the_exit_code_it_decided(smoke_data, tmp_path):
+    """Once the stop is reported, Python's shutdown (tearing torch down takes a while) puts Python's
+    handlers back to the default: a Ctrl-C then must not turn exit 130 into death by SIGINT."""
+    proc = subprocess.Popen([sys.executable, "-u", os.path.join(REPO, "ex_1.py"), *SMOKE, "--epochs", "5",
+                             "--data-dir", smoke_data, "--out", str(tmp_path / "out")], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(proc, "epoch   1/5")
+    proc.send_signal(signal.SIGINT)
+    said = []
+    for line in proc.stderr:
+        said.append(line)
+        if "--resume" in line:  # the stop message's last line: the process is exiting
+            break
+    time.sleep(0.1)  # past Python's signal clean-up (~20 ms after the message here), inside torch's teardown (~0.8 s)
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, said + [rest]
+    assert "Traceback" not in "".join(said) + rest
+
+
+def test_a_stop_signal_after_the_exit_is_decided_exits_at_once_with_that_code():
+    """Before Python's own shutdown steps (here: waiting for a thread that never ends), a signal ends
+    the process at once with the code already decided, not a traceback and not death by the signal."""
+    code = ("import os, signal, threading, time\n"
+            "from common import stopping\n"
+            "stopping.stop_on_signals()\n"
+            "threading.Thread(target=lambda: (time.sleep(0.5), os.kill(os.getpid(), signal.SIGTERM), time.sleep(600))).start()\n"
+            "stopping.exit_decided(3)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3 and result.stderr == "", result.stderr[-2000:]
+
+
+def test_a_ctrl_c_while_last_pth_is_written_never_leaves_the_history_ahead_of_it(uninterrupted, smoke_data, tmp_path):
+    from tests.conftest import ARGS
+
+    program = _SIGNAL_DURING_WRITE.format(repo=REPO, script=os.path.join(REPO, "ex_1.py"))
+    result = subprocess.run([sys.executable, "-c", program, *ARGS, "--data-dir", smoke_data, "--out", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    run_dir = only_run(str(tmp_path))
+    saved = torch.load(os.path.join(run_dir, "last.pth"), weights_only=True)["epoch"]
+    train = json.load(open(os.path.join(run_dir, "train.json")))
+    assert (train["status"], saved, train["epochs_done"]) == ("interrupted", 1, 1)
+    assert f"{saved} epochs are saved" in result.stderr and _temp_files(run_dir) == []
+    resumed = run_script("ex_1.py", "--resume", run_dir)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert run_metrics(run_dir) == uninterrupted
+
+
+def test_sighup_stops_like_sigterm(smoke_data, tmp_path):
+    proc = _start(smoke_data, tmp_path, "--epochs", "20")
+    _read_until(proc, "epoch   1/20")
+    proc.send_signal(signal.SIGHUP)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGHUP and "Traceback" not in stderr
+    run_dir = only_run(str(tmp_path))
+    assert json.load(open(os.path.join(run_dir, "train.json")))["status"] == "interrupted"
+    assert f"--resume {run_dir}" in stderr
+
+
+def test_sigterm_while_testing_says_how_to_finish_and_resume_tests_it(smoke_data, tmp_path):
+    program = _SIGNAL_WHILE_TESTING.format(repo=REPO, script=os.path.join(REPO, "ex_1.py"))
+    result = subprocess.run([sys.executable, "-c", program, *_quick(smoke_data, tmp_path, "--epochs", "1")],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 143 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    run_dir = only_run(str(tmp_path))
+    assert f"--resume {run_dir}" in result.stderr
+    assert json.load(open(os.path.join(run_dir, "train.json")))["status"] == "interrupted"
+    assert not os.path.exists(os.path.join(run_dir, "test.json"))
+    resumed = run_script("ex_1.py", "--resume", run_dir)
+    assert resumed.returncode == 0 and os.path.exists(os.path.join(run_dir, "test.json"))
+    assert json.load(open(os.path.join(run_dir, "train.json")))["status"] == "completed"
+
+
+def test_a_torchrun_process_killed_leaves_one_line_from_the_other(smoke_data, tmp_path):
+    logs = tmp_path / "logs"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+                             "--redirects", "3", "--log-dir", str(logs), os.path.join(REPO, "ex_1.py"),
+                             *_quick(smoke_data, tmp_path / "out", "--epochs", "200")], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            outs = [p for p in logs.rglob("stdout.log")]
+            if any("epoch   2/200" in p.read_text() for p in outs):
+                break
+            time.sleep(0.2)
+        pids = subprocess.run(["pgrep", "-f", f"ex_1.py --smoke.*{tmp_path}/out"], capture_output=True,
+                              text=True).stdout.split()
+        workers = [int(p) for p in pids if int(p) != proc.pid]
+        os.kill(max(workers), signal.SIGKILL)  # the younger worker: rank 1
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (rank0,) = [p for p in logs.rglob("stderr.log") if p.parent.name == "0"]
+    text = rank0.read_text()
+    lines = [re.sub(r"^\[rank\d+\]:", "", line).strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith("[W")]  # gloo's own warnings
+    assert "Traceback" not in text, text[-2000:]
+    assert len(lines) <= 2 and all("error:" in line or "interrupted" in line or "--resume" in line
+                                   for line in lines), text[-2000:]
+
+
+def test_a_sigterm_after_the_error_line_keeps_exit_1_without_a_traceback(tmp_path):
+    """What torchrun does to the workers left when one fails: SIGTERM, often while the interpreter
+    shuts down. Here the process sends it to itself from its last atexit callback."""
+    script = os.path.join(REPO, "ex_1.py")
+    argv = [script, "--dataset", "cifar10", "--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "o")]
+    code = ("import atexit, os, runpy, signal, sys\n"
+            "atexit.register(lambda: os.kill(os.getpid(), signal.SIGTERM))\n"
+            f"sys.argv = {argv!r}\n"
+            f"runpy.run_path({script!r}, run_name='__main__')\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, CIFAR_MIRROR=f"http://127.0.0.1:{closed_port()}/"))
+    _one_error_line(result, "CIFAR_MIRROR")
+    assert result.returncode == 1  # the error was printed: the signal changes neither the output nor the code

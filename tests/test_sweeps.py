@@ -10,7 +10,17 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, run_metrics, run_script
+from tests.conftest import (
+    REPO,
+    SMOKE_BATCH16,
+    _plan,
+    _pretend_started_on_a_gpu_node,
+    _status,
+    _stopped_plan,
+    hooked,
+    run_metrics,
+    run_script,
+)
 
 SWEEP = ["--smoke", "--dataset", "cifar10", "--sweep", "lr=0.001,0.003", "--epochs", "3", "--batch-size", "16",
          "--save-every", "0"]
@@ -57,7 +67,6 @@ def test_a_sweep_is_a_plan_with_members_named_by_what_differs(straight_sweep):
 
 def test_a_sweep_killed_mid_plan_resumes_every_member_to_the_uninterrupted_metrics(straight_sweep, smoke_data,
                                                                                   tmp_path):
-    from tests.test_stops import hooked
 
     out = str(tmp_path)
     # SIGKILL as member 2's first epoch is recorded (last.pth holds it): member 1 is complete by then
@@ -98,7 +107,6 @@ def test_the_same_command_with_the_same_name_continues_and_another_plan_with_it_
 def test_python_ex_1_smoke_stopped_during_cifar10_finishes_both_datasets_with_one_command(ex1_smoke_runs,
                                                                                          smoke_data, tmp_path):
     reference_out, _ = ex1_smoke_runs
-    from tests.test_stops import hooked
 
     out = str(tmp_path)
     stopped = run_script("ex_1.py", "--smoke", "--data-dir", smoke_data, "--out", out, env=hooked("train_json"))
@@ -333,11 +341,11 @@ def test_on_slurm_a_task_whose_slurm_folder_is_gone_says_it_cannot_requeue(smoke
     assert json.load(open(os.path.join(member, "train.json")))["status"] == "interrupted"
 
 
-def _members(argv: list, tmp_path) -> list:
+def _planned_members(argv: list, tmp_path) -> list:
     """The plan members a command line makes (in process: nothing trains)."""
     import ex_1
-    from common import plan
     from common.cli import resolve
+    from common.plans import plan
 
     command = resolve("ex_1", ex_1.RECIPE, "", [*argv, "--dataset", "cifar10", "--out", str(tmp_path)], REPO)
     return list(plan.make_plan(command, "now").members)
@@ -349,12 +357,134 @@ def _members(argv: list, tmp_path) -> list:
 def test_every_swept_member_gets_the_config_a_lone_run_of_its_value_gets(field, values, smoke, tmp_path):
     from common.config import data_folder, to_dict
 
-    swept = _members([*smoke, "--sweep", f"{field}={','.join(values)}"], tmp_path)
+    swept = _planned_members([*smoke, "--sweep", f"{field}={','.join(values)}"], tmp_path)
     assert len(swept) == len(values)
     for value, member in zip(values, swept):
-        (lone,) = _members([*smoke, f"--{field.replace('_', '-')}", value], tmp_path)
+        (lone,) = _planned_members([*smoke, f"--{field.replace('_', '-')}", value], tmp_path)
         assert to_dict(member.recipe) == to_dict(lone.recipe), value
         assert to_dict(member.options) == to_dict(lone.options), value
         assert data_folder(member.recipe, member.options) == data_folder(lone.recipe, lone.options), value
     if field == "model":  # EfficientNet is normalised as on ImageNet, the tutorial CNN by 0.5
         assert swept[0].recipe.mean == (0.5, 0.5, 0.5) and swept[1].recipe.mean == (0.485, 0.456, 0.406)
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_plan_resumed_with_device_cpu_trains_every_member_on_the_cpu(smoke_data, tmp_path, jobs):
+    out = str(tmp_path)
+    stopped = run_script("ex_1.py", *SMOKE_BATCH16, "--sweep", "lr=0.001,0.003", "--epochs", "3", "--name", "d", "--jobs", jobs,
+                         "--data-dir", smoke_data, "--out", out, env=hooked("train_json", "SIGINT"))
+    assert stopped.returncode != 0
+    plan_dir, raw, members = _plan(out, "d")
+    assert "interrupted" in [_status(m) for m in members]
+    _pretend_started_on_a_gpu_node(plan_dir, raw, members)
+    if jobs == "1":  # without --device the saved cuda is what it asks for: one line that says what to do
+        refused = run_script("ex_1.py", "--resume", plan_dir)
+        assert refused.returncode == 1 and "--device cpu" in refused.stderr, refused.stderr[-2000:]
+    resumed = run_script("ex_1.py", "--resume", plan_dir, "--device", "cpu", timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert [_status(m) for m in members] == ["completed", "completed"]
+    for run_dir in members:
+        record = json.load(open(os.path.join(run_dir, "config.json")))
+        devices = [r["device"] for r in record.get("resumes", [])] or [record["environment"]["device"]]
+        assert devices[-1] == "cpu"
+
+
+def test_values_that_print_alike_get_folders_of_their_own(smoke_data, tmp_path):
+    result = run_script("ex_1.py", *SMOKE_BATCH16, "--sweep", "lr=0.1234567e-2,0.1234568e-2", "--epochs", "1", "--name", "u",
+                        "--data-dir", smoke_data, "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    _, raw, members = _plan(str(tmp_path), "u")
+    assert sorted(m["id"] for m in raw["members"]) == ["cifar_10/lr=0.001234567,seed=0", "cifar_10/lr=0.001234568,seed=0"]
+    assert "2 of 2 complete" in result.stdout
+    assert [json.load(open(os.path.join(m, "config.json")))["config"]["lr"] for m in members] == [0.001234567,
+                                                                                                  0.001234568]
+
+
+def test_two_jobs_launchers_on_one_plan_share_the_work_and_neither_fails(smoke_data, tmp_path):
+    args = [*SMOKE_BATCH16, "--sweep", "lr=0.001,0.002,0.003,0.004", "--epochs", "3", "--name", "two", "--jobs", "2",
+            "--data-dir", smoke_data, "--out", str(tmp_path)]
+    first = subprocess.Popen([sys.executable, os.path.join(REPO, "ex_1.py"), *args], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    plan = os.path.join(str(tmp_path), "sweeps", "two", "sweep.json")
+    deadline = time.monotonic() + 120
+    while not os.path.exists(plan):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    second = run_script("ex_1.py", *args, timeout=300)
+    out, err = first.communicate(timeout=300)
+    assert (first.returncode, second.returncode) == (0, 0), err[-2000:] + second.stderr[-2000:]
+    _, _, members = _plan(str(tmp_path), "two")
+    assert [_status(m) for m in members] == ["completed"] * 4
+    for run_dir in members:  # each trained once: one "===" header, no resume
+        log = open(os.path.join(run_dir, "log.txt")).read()
+        assert log.count("=== ") == 1 and "resuming" not in log
+
+
+@pytest.mark.parametrize("sweep,words", [
+    ("seed=0,1", "--seeds 0,1,2"), ("foo=1,2", "'foo' is no recipe field"),
+    ("lr=0.001,1e-3", "must be distinct"), ("lr=-1,0.1", "lr=-1: must be a finite number above 0"),
+    ("lr=nan", "lr=nan: must be a finite number"), ("lr=", "lr= needs values")])
+def test_each_sweep_mistake_says_what_is_wrong_in_one_line(sweep, words, tmp_path):
+    result = run_script("ex_1.py", "--sweep", sweep, "--out", str(tmp_path))
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and words in lines[0], result.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_bad_plan_name_says_what_a_name_may_hold():
+    result = run_script("ex_1.py", "--name", "../evil")
+    assert result.returncode == 2 and "a plan name is a folder name" in result.stderr
+
+
+def test_a_plan_with_no_members_or_an_edited_seed_is_refused_in_one_line(smoke_data, tmp_path):
+    plan_dir, raw, members = _stopped_plan(smoke_data, str(tmp_path))
+    before = open(os.path.join(plan_dir, "sweep.json")).read()
+    json.dump(dict(raw, members=[]), open(os.path.join(plan_dir, "sweep.json"), "w"))
+    empty = run_script("ex_1.py", "--resume", plan_dir)
+    assert empty.returncode == 1 and "lists no members" in empty.stderr, empty.stderr[-2000:]
+    edited = json.loads(before)
+    edited["members"][0]["options"]["seed"] = 7
+    json.dump(edited, open(os.path.join(plan_dir, "sweep.json"), "w"))
+    result = run_script("ex_1.py", "--resume", plan_dir)
+    assert result.returncode != 0 and "was started with seed 0, but its plan now says seed 7" in result.stderr, \
+        result.stderr[-2000:]
+    assert _status(members[0]) == "interrupted"
+
+
+def test_a_plan_of_another_script_is_refused_like_a_run_folder_of_one(smoke_data, tmp_path):
+    plan_dir, _, _ = _stopped_plan(smoke_data, str(tmp_path))
+    result = run_script("ex_2.py", "--resume", plan_dir)
+    assert result.returncode == 1 and "is a plan of ex_1, not ex_2" in result.stderr
+    assert "ex_1.py --resume" in result.stderr
+
+
+def test_a_members_log_holds_its_own_error_and_a_diverged_member_is_not_sent_to_resume(smoke_data, tmp_path):
+    result = run_script("ex_1.py", *SMOKE_BATCH16, "--sweep", "lr=0.001,1e30", "--epochs", "2", "--name", "nan", "--jobs", "2",
+                        "--data-dir", smoke_data, "--out", str(tmp_path), timeout=300)
+    assert result.returncode == 1
+    plan_dir, _, members = _plan(str(tmp_path), "nan")
+    log = open(os.path.join(members[1], "log.txt")).read()
+    assert "error: the loss became" in log
+    assert json.load(open(os.path.join(members[1], "train.json")))["diverged"] is True
+    assert "resuming cannot help" in result.stderr and "--resume" not in result.stderr.splitlines()[-1]
+    assert "lr=1e+30,seed=0: the loss diverged" in result.stderr
+
+
+def test_the_inline_and_the_jobs_executor_leave_the_same_plan(smoke_data, tmp_path):
+    """One member runner under both: the same statuses in sweep.json, the same files in each member's
+    folder (log.txt aside: a member in a process of its own writes its console there) and the same
+    numbers (both at one torch thread per member)."""
+    from tests.conftest import run_metrics
+
+    plans = {}
+    for jobs in ("1", "2"):
+        out = str(tmp_path / f"jobs{jobs}")
+        result = run_script("ex_1.py", *SMOKE_BATCH16, "--sweep", "lr=0.001,0.003", "--epochs", "2", "--name", "same",
+                            "--jobs", jobs, "--data-dir", smoke_data, "--out", out, env={"OMP_NUM_THREADS": "1"})
+        assert result.returncode == 0, result.stderr[-2000:]
+        plan_dir, raw, members = _plan(out, "same")
+        plans[jobs] = ([m["status"] for m in raw["members"]],
+                       [sorted(set(os.listdir(m)) - {"log.txt"}) for m in members],
+                       [run_metrics(m) for m in members])
+    assert plans["1"] == plans["2"]
+    assert plans["1"][0] == ["completed", "completed"] and ".lock" not in plans["1"][1][0]

@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import itertools
 import os
-import shlex
 from dataclasses import dataclass
 
-from common import REPO_ROOT, distributed, provenance, runfolder
+from common import provenance, runfolder
 from common.config import Options, Recipe, from_dict, resolved_recipe, to_dict
 from common.errors import UserError
 
@@ -71,10 +69,6 @@ def _value_words(value) -> str:
         short = f"{value:g}"
         return short if float(short) == value else repr(value)
     return str(value)
-
-
-def stamp() -> str:
-    return datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 
 
 def make_plan(command, now: str) -> Plan:
@@ -218,94 +212,7 @@ def outcome(member: Member) -> Outcome:
     return Outcome(member, status, error, bool(train.get("diverged")))
 
 
-def resume_command(experiment: str, target: str) -> str:
-    """The one command that continues a plan or a run folder: what every message prints."""
-    return f"python {script_path(experiment)} --resume {shlex.quote(target)}"
-
-
-def script_path(experiment: str) -> str:
-    """How to name ex_N.py in a command: relative to the current folder when inside it."""
-    path = os.path.join(REPO_ROOT, experiment + ".py")
-    relative = os.path.relpath(path)
-    return shlex.quote(path if relative.startswith("..") else relative)
-
-
-# --- the command's plan: read, or made (common.launch) ---------------------------------------------
-
-LAUNCHER_FIELDS = {"kind": "launcher", **{name: name for name in ("jobs", "slurm_partition", "slurm_time", "slurm_gpus",
-                                                                  "slurm_cpus", "slurm_parallel")}}  # sweep.json: Launch
-
-
-def of_command(command) -> Plan:
-    """--resume's plan (a plan folder, or a run folder's one-member plan), or the command's own; with the
-    device and launcher flags given now applied to it, once."""
-    the_plan = _resumed(command) if command.launch.resume else _made(command)
-    if "device" in command.given:
-        the_plan = with_device(the_plan, command.options.device)
-    return dataclasses.replace(the_plan, launcher=launcher_settings(the_plan, command))
-
-
-def _resumed(command) -> Plan:
-    target = os.path.abspath(command.launch.resume)
-    kept = os.path.isfile(os.path.join(target, PLAN_FILE))
-    the_plan = read_plan(target) if kept else from_run_folder(target)
-    if the_plan.experiment != command.experiment:
-        raise UserError(f"{target} is a {'plan' if kept else 'run'} of {the_plan.experiment}, not {command.experiment}; "
-                        f"continue it with {resume_command(the_plan.experiment, target)}")
-    return the_plan
-
-
-def _made(command) -> Plan:
-    """The command's plan; an unnamed one gets the start time (rank 0's, under torchrun), and a suffix if
-    that is taken. A kept plan named like one on disk continues it, if it has the same members."""
-    now = distributed.broadcast(stamp())
-    for n in range(100):
-        the_plan = make_plan(command, now if n == 0 else f"{now}_{n}")
-        taken = os.path.exists(the_plan.folder) or any(os.path.exists(m.run_dir) for m in the_plan.members)
-        if command.launch.name or not distributed.broadcast(taken):
-            break
-    else:
-        raise UserError(f"could not name a plan under {command.options.out}")
-    if not (the_plan.kept and os.path.isfile(os.path.join(the_plan.folder, PLAN_FILE))):
-        return the_plan
-    stored = read_plan(the_plan.folder)
-    if not same_members(stored, the_plan):
-        raise UserError(f"{the_plan.folder} holds another plan named {the_plan.name!r} (other members); give "
-                        f"another --name, or continue it with {resume_command(command.experiment, the_plan.folder)}")
-    return stored
-
-
-def launcher_settings(the_plan: Plan, command) -> dict:
-    """The flags given now, else what the plan's last launcher used, else the defaults; and what the
-    plan's launcher recorded besides (the Slurm array tasks submitted so far: common.slurm)."""
-    stored = the_plan.launcher
-    return {**stored, **{key: getattr(command.launch, name) if name in command.given else
-                         stored.get(key, getattr(command.launch, name)) for key, name in LAUNCHER_FIELDS.items()}}
-
-
 def describe(plan: Plan) -> str:
     fields = ", ".join(f"{name} in {{{', '.join(_value_words(v) for v in values)}}}" for name, values in plan.sweep)
     return (f"plan {plan.name}: {len(plan.members)} member{'s' * (len(plan.members) != 1)}"
             + (f" ({fields})" if fields else "") + f", in {plan.folder}")
-
-
-def main(argv: list) -> None:
-    """python -m common.plan PLAN_DIR: each member's status, now."""
-    import collections
-    import sys
-
-    if len(argv) != 1:
-        sys.exit("usage: python -m common.plan PLAN_DIR")
-    try:
-        the_plan = read_plan(argv[0])
-    except UserError as e:
-        sys.exit(f"error: {e}")
-    now = statuses(the_plan)
-    print(describe(the_plan) + "".join(f"\n  {member_id}: {status}" for member_id, status in now.items()))
-    print(", ".join(f"{n} {status}" for status, n in sorted(collections.Counter(now.values()).items())))
-
-
-if __name__ == "__main__":
-    import sys
-
-    main(sys.argv[1:])

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as scipy_stats
 
-from common import stats
+from common.compare import stats
 
 MIN_RESIDUAL_DF = 4   # below this the residual spread, and so every interval, means little
 

@@ -2,7 +2,7 @@
 
     run_member(plan, member)     # run or resume it, under its lock; returns its Outcome
     run_inline(plan, members)    # the inline executor: one after another in this process
-    python -m common.member PLAN_DIR MEMBER_ID   # one member in a process of its own (--jobs, Slurm)
+    python -m common.plans.member PLAN_DIR MEMBER_ID   # one member in a process of its own (--jobs, Slurm)
 
 `run_member` decides run or resume once (a config.json in its folder: resume, on the member's
 device), takes the folder's lock once (a second process is refused: Busy), sends the console
@@ -19,7 +19,8 @@ import os
 import signal
 import sys
 
-from common import distributed, experiment, plan, runfolder
+from common import distributed, experiment, runfolder
+from common.plans import plan
 from common.config import to_dict
 from common.console import output_to
 from common.devices import request_huge_pages
@@ -109,7 +110,7 @@ def run_alone(plan_dir: str, member_id: str, when_stopped=lambda: "") -> plan.Ou
 
 def main(argv: list) -> None:
     if len(argv) != 2:
-        sys.exit("usage: python -m common.member PLAN_DIR MEMBER_ID")
+        sys.exit("usage: python -m common.plans.member PLAN_DIR MEMBER_ID")
     request_huge_pages()
     stop_on_signals(MEMBER_SIGNALS, parent=os.getppid())
     try:

@@ -3,7 +3,7 @@
 submitit writes the sbatch script (one array task per member, `%` limit from
 --slurm-parallel), pickles the call and, on a time-out warning (SIGUSR2, 90 s before the
 limit), checkpoints and requeues the task. Each task runs one member under its lock
-(common.member). On SIGTERM (preemption, `scancel --signal=TERM`) or SIGUSR2 the member stops
+(common.plans.member). On SIGTERM (preemption, `scancel --signal=TERM`) or SIGUSR2 the member stops
 cleanly (last.pth whole, train.json interrupted) and its task is put back in the queue;
 the task that runs next resumes it from last.pth. Submitting a plan again submits only the
 members that are neither complete nor running.
@@ -21,9 +21,11 @@ import signal
 import subprocess
 import sys
 
-from common import REPO_ROOT, plan, runfolder
+from common import REPO_ROOT, runfolder
+from common.cli import resume_command
+from common.plans import plan
 from common.errors import UserError, first_line
-from common.member import MEMBER_SIGNALS, run_alone
+from common.plans.member import MEMBER_SIGNALS, run_alone
 from common.stopping import Stopped, stop_on_signals
 
 try:
@@ -80,7 +82,7 @@ def why_not_requeue(plan_dir: str) -> str | None:
         return None
     if not os.path.isfile(pickle):
         return (f"its Slurm folder is gone ({os.path.dirname(pickle)}; submitit needs it to restart the task); "
-                f"continue the plan with: {plan.resume_command(plan.read_plan(plan_dir).experiment, plan_dir)}")
+                f"continue the plan with: {resume_command(plan.read_plan(plan_dir).experiment, plan_dir)}")
     return None
 
 
@@ -121,9 +123,9 @@ def submit(the_plan: plan.Plan, members: list) -> list:
     record_jobs(the_plan, {m.id: job.job_id for m, job in zip(todo, jobs)})
     folder = shlex.quote(the_plan.folder)
     print(f"submitted {len(todo)} member(s) of {the_plan.name} as Slurm job array {array}\n"
-          f"  watch:   squeue -j {array}   |   python -m common.plan {folder}   |   tail -f {folder}/"
+          f"  watch:   squeue -j {array}   |   python -m common.plans {folder}   |   tail -f {folder}/"
           f"{shlex.quote(todo[0].id)}/log.txt\n"
-          f"  resume:  {plan.resume_command(the_plan.experiment, the_plan.folder)}   (submits only what is left)\n"
+          f"  resume:  {resume_command(the_plan.experiment, the_plan.folder)}   (submits only what is left)\n"
           f"  compare: python -m common.compare {folder}", flush=True)
     return [plan.Outcome(m, runfolder.QUEUED) for m in todo]
 

@@ -1,6 +1,6 @@
 """--jobs N: a plan's members as N processes at once on this machine, one live line each.
 
-Each member runs as `python -m common.member PLAN_DIR ID` with OMP_NUM_THREADS = cores / N
+Each member runs as `python -m common.plans.member PLAN_DIR ID` with OMP_NUM_THREADS = cores / N
 (on a GPU they share it), its console in its run folder's log.txt. The console shows the last
 line of each running member's log and the plan's progress (done / running / left, elapsed, an
 ETA from the epochs done). Ctrl-C or SIGTERM stops every member cleanly (each marks its run
@@ -19,8 +19,9 @@ import subprocess
 import sys
 import time
 
-from common import REPO_ROOT, plan, runfolder, stopping
-from common.console import LOG_INTERVAL_ENV, LiveView, duration, last_line
+from common import REPO_ROOT, runfolder, stopping
+from common.console import LOG_INTERVAL_ENV, duration, last_line
+from common.plans import plan
 from common.errors import UserError
 
 STOP_WAIT_S = 120  # a member stops within seconds of SIGTERM; past this it is killed
@@ -35,9 +36,9 @@ def _die_with_parent() -> None:
 
 
 def start_member(the_plan: plan.Plan, member: plan.Member, threads: int) -> subprocess.Popen:
-    """`python -m common.member`: its console goes to its log.txt; an error before that reaches ours."""
+    """`python -m common.plans.member`: its console goes to its log.txt; an error before that reaches ours."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1", **{LOG_INTERVAL_ENV: "5"})
-    return subprocess.Popen([sys.executable, "-m", "common.member", the_plan.folder, member.id], cwd=REPO_ROOT,
+    return subprocess.Popen([sys.executable, "-m", "common.plans.member", the_plan.folder, member.id], cwd=REPO_ROOT,
                             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent)
 
 
@@ -135,3 +136,37 @@ def epochs_share(member: plan.Member) -> float:
         return min(1.0, train["epochs_done"] / max(1, train["epochs_planned"]))
     except (UserError, KeyError, TypeError):
         return 0.0
+
+
+class LiveView:
+    """Several processes' progress. On a terminal, a block of lines redrawn every second; elsewhere
+    (a log file, CI), the events and, every minute, the same block as plain lines."""
+    TTY_REFRESH_S, LOG_REFRESH_S = 1.0, 60.0
+
+    def __init__(self):
+        self.tty = sys.stdout.isatty()
+        self.drawn, self.last_draw = 0, 0.0
+
+    def draw(self, lines) -> None:
+        """`lines()`, called only when a redraw is due, gives the block."""
+        now = time.monotonic()
+        if now - self.last_draw < (self.TTY_REFRESH_S if self.tty else self.LOG_REFRESH_S):
+            return
+        self.last_draw = now
+        width = os.get_terminal_size().columns if self.tty else 160
+        block = [line[:width - 1] for line in lines()]
+        self.close()
+        print("\n".join(block), flush=True)
+        self.drawn = len(block) if self.tty else 0
+
+    def event(self, text: str) -> None:
+        self.close()
+        print(text, flush=True)
+        if self.tty:
+            self.last_draw = 0.0  # redraw the block under it at once
+
+    def close(self) -> None:
+        """Erase the block drawn on a terminal."""
+        if self.drawn:
+            sys.stdout.write(f"\x1b[{self.drawn}F\x1b[J")
+            self.drawn = 0

@@ -1,0 +1,303 @@
+"""Complete runs grouped into rows (one recipe, several seeds, on one data set, hardware and
+software), each row's baseline, and a row as numbers: means, 95% CIs, differences from its baseline."""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from common import runfolder
+from common.compare import stats
+from common.compare.runs import Run
+from common.config import Options, Recipe, boolean, knobs, recipe_key_fields, to_dict
+from common.errors import UserError
+from common.models import MODELS
+
+DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+METRICS = ("val_accuracy", "test_accuracy", "f1", "auc", "auc_hard_labels", "best_epoch", "train_time_s",
+           "test_time_s")
+
+
+
+def data_label(record) -> str:
+    """'synthetic', or the first 8 hex digits of the test file's sha256: runs on different data never mix."""
+    if record.options.smoke:
+        return "synthetic"
+    return f"data sha {record.data_sha256[:8]}" if record.data_sha256 else "data unrecorded"
+
+
+def hardware_label(env: dict) -> str:
+    """The GPU's name, or the CPU's model and the vector ISA its kernels used (where recorded)."""
+    if env.get("gpu"):
+        return str(env["gpu"])
+    if env.get("device", "cpu") != "cpu":
+        return str(env.get("device"))
+    model = f"CPU {env['cpu']}" if env.get("cpu") else "CPU (model not recorded)"
+    return model + (f" {env['cpu_capability']}" if env.get("cpu_capability") else "")  # absent from older run folders
+
+
+def software_label(env: dict) -> str:
+    return f"torch {env.get('torch', '?')}" + (f" CUDA {env['cuda']}" if env.get("cuda") else "")
+
+
+def experiment_label(record) -> str:
+    """A model with pretrained weights trained without them is a different experiment from the recipe."""
+    scratch = MODELS[record.recipe.model].weights is not None and not record.recipe.pretrained
+    return record.experiment + (" from scratch" if scratch else "")
+
+
+def recipe_key(record) -> tuple:
+    values = {**to_dict(record.recipe), **to_dict(record.options)}
+    return tuple(json.dumps(values[name]) for name in recipe_key_fields())
+
+
+def precision_label(record) -> str:
+    """What the arithmetic ran in (config.json's environment); for runs from before it was recorded:
+    float32 on a CPU or without --amp, else CUDA autocast in bf16 or fp16."""
+    if record.environment.get("precision"):
+        return str(record.environment["precision"])
+    on_gpu = str(record.environment.get("device", "cpu")).startswith("cuda")
+    return "autocast (bf16 or float16)" if on_gpu and record.options.amp else "float32"
+
+
+def threads_label(record) -> str:
+    """torch threads x processes: on a CPU the thread count changes the sums' order, so the numbers."""
+    threads = record.environment.get("torch_threads", "?")
+    return f"{threads} thread{'s' * (threads != 1)} x {record.processes} process{'es' * (record.processes > 1)}"
+
+
+def context_key(run: Run) -> tuple:
+    """What rows that may be compared with each other share: all but the recipe."""
+    r = run.record
+    return (r.dataset, r.experiment, data_label(r), hardware_label(r.environment), software_label(r.environment),
+            r.processes, threads_label(r), precision_label(r))
+
+
+def recipe_changes(record) -> dict:
+    """{field: value} where the run's recipe differs from its script's own (recorded in config.json)."""
+    if record.script_recipe is None:
+        return {}
+    ours, theirs = to_dict(record.recipe), to_dict(record.script_recipe)
+    changes = {name: ours[name] for name in knobs(Recipe) if ours[name] != theirs[name]}
+    if record.options.smoke:
+        changes.pop("pretrained", None)  # --smoke never downloads weights
+    for name, (k, default) in knobs(Options).items():  # options that change the numbers, where not the default
+        if k.changes_results and name not in ("smoke", "weights") and getattr(record.options, name) != default:
+            changes[name] = getattr(record.options, name)
+    return changes
+
+
+def describe_changes(record, changes: dict) -> str:
+    if record.script_recipe is None:
+        return f"{record.recipe.epochs} epochs; recipe not recorded"
+    words = []
+    for name, value in changes.items():
+        if name == "epochs":
+            words.append(f"{value} of {record.script_recipe.epochs} epochs")
+        elif name == "pretrained":
+            words.append("ImageNet weights" if value else "no ImageNet weights")
+        else:
+            words.append(f"{name.replace('_', ' ')} {short(value)}")
+    if record.processes > 1:
+        words.append(f"{record.processes} processes")
+    return "; ".join(words) or "—"
+
+
+def short(value) -> str:
+    if isinstance(value, list):
+        return "/".join(short(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# --- rows ------------------------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    context: tuple
+    key: tuple
+    runs: list                        # complete runs, one per seed, by seed
+    duplicates: list = field(default_factory=list)  # [{"seed", "kept", "dropped": [...]}]
+    baseline: "Row | None" = None
+
+    @property
+    def record(self):
+        return self.runs[0].record
+
+    @property
+    def changes(self) -> dict:
+        return recipe_changes(self.record)
+
+    def values(self, metric: str) -> list:
+        return [metric_value(run, metric) for run in self.runs if metric_value(run, metric) is not None]
+
+
+def metric_value(run: Run, metric: str):
+    if metric == "val_accuracy":
+        return run.train["best_val_accuracy"]
+    if metric in ("best_epoch", "train_time_s"):
+        return run.train[metric]
+    value = run.test.get("accuracy" if metric == "test_accuracy" else metric)
+    if metric == "auc_hard_labels" and value is None:  # runs from before test.json recorded it
+        from common.metrics import hard_label_auc
+        value = hard_label_auc(run.test["confusion_matrix"]) if "confusion_matrix" in run.test else None
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def build_rows(runs: list) -> list:
+    """Complete runs grouped into rows; a repeated seed keeps its newest folder (by start time, then name)."""
+    groups = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        if run.complete:
+            groups[(context_key(run), recipe_key(run.record))][run.record.options.seed].append(run)
+    rows = []
+    for (context, key), by_seed in groups.items():
+        row = Row(context, key, [])
+        for seed in sorted(by_seed):
+            copies = sorted(by_seed[seed], key=lambda r: (str(r.record.raw.get("start_time", "")), r.dir))
+            row.runs.append(copies[-1])
+            if len(copies) > 1:
+                row.duplicates.append({"seed": seed, "kept": copies[-1].dir, "dropped": [c.dir for c in copies[:-1]]})
+        rows.append(row)
+    return sorted(rows, key=_row_order)
+
+
+def _row_order(row: Row) -> tuple:
+    """Per context: the baseline first, then fewer changes first, then by the changed fields' values."""
+    changes = sorted(row.changes.items())
+    values = tuple((name, (0, float(v), "") if isinstance(v, (int, float)) else (1, 0.0, json.dumps(v)))
+                   for name, v in changes)
+    return (row.context[0], json.dumps(row.context[1:]), row.baseline is not None, len(changes), values)
+
+
+def choose_baselines(rows: list, baseline: tuple | None = None) -> None:
+    """Each row's baseline: in its context, the row with FIELD=VALUE (--baseline), else the row that
+    differs from the script's recipe in the fewest of the fields on which the context's rows differ."""
+    by_context = defaultdict(list)
+    for row in rows:
+        by_context[row.context].append(row)
+    found = False
+    for members in by_context.values():
+        varying = set(differing_fields([r.record for r in members]))
+        candidates = [r for r in members if baseline is None or _matches(r, *baseline)]
+        if not candidates:
+            continue
+        found = True
+        chosen = min(candidates, key=lambda r: (len(set(r.changes) & varying), _row_order(r)))
+        for row in members:
+            row.baseline = chosen if row is not chosen else None
+    if baseline is not None and rows and not found:
+        values = sorted({json.dumps(getattr_any(r.record, baseline[0])) for r in rows})
+        raise UserError(f"--baseline {baseline[0]}={json.dumps(baseline[1])} matches no compared run; their "
+                        f"{baseline[0]} values: {', '.join(values)}")
+    rows.sort(key=_row_order)
+
+
+def context_line(summary: dict) -> str:
+    return (f"**{summary['dataset']}** · {summary['experiment'].split()[0]} · {summary['data']} · "
+            f"{summary['hardware']} · {summary['software']} · {summary['threads']} · {summary['precision']}")
+
+
+def differing_fields(records: list) -> list:
+    """The recipe fields (and options that change the numbers) on which these runs do not all agree."""
+    return [name for name in recipe_key_fields() if len({json.dumps(getattr_any(r, name)) for r in records}) > 1]
+
+
+def getattr_any(record, name: str):
+    return getattr(record.recipe, name) if hasattr(record.recipe, name) else getattr(record.options, name)
+
+
+def _matches(row: Row, name: str, value) -> bool:
+    return json.dumps(getattr_any(row.record, name)) == json.dumps(value)
+
+
+def parse_baseline(text: str) -> tuple:
+    """--baseline FIELD=VALUE, the value read by the field's own flag rules."""
+    name, _, value = text.partition("=")
+    name = name.strip().replace("-", "_")
+    fields = {**knobs(Recipe), **knobs(Options)}
+    if name not in fields or not value:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE with a recipe field, got {text!r}")
+    k = fields[name][0]
+    try:
+        parsed = k.rule(k.parse(value) if k.parse is not bool else boolean(value))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{name}: {e}") from None
+    return name, list(parsed) if isinstance(parsed, tuple) else parsed
+
+
+def summarize_row(row: Row) -> dict:
+    """A row as numbers: n, seeds, folders, each metric's mean / sample std / 95% CI, the baseline difference."""
+    out = {"dataset": DATASET_LABELS[row.context[0]], "experiment": experiment_label(row.record),
+           "changes": describe_changes(row.record, row.changes), "changed_fields": row.changes,
+           "data": row.context[2], "hardware": row.context[3], "software": row.context[4],
+           "processes": row.context[5], "threads": row.context[6], "precision": row.context[7], "n": len(row.runs), "seeds": [r.record.options.seed for r in row.runs],
+           "runs": [r.dir for r in row.runs], "duplicates": row.duplicates, "code": code_versions(row),
+           "parameters": row.record.raw.get("parameters")}
+    for metric in METRICS:
+        values = row.values(metric)
+        if values:
+            interval = stats.mean_ci(values)
+            out[metric] = {"mean": interval.mean, "std": statistics.stdev(values) if len(values) > 1 else None,
+                           "ci95": [interval.low, interval.high], "n": len(values)}
+    out["vs_baseline"] = baseline_differences(row) if row.baseline is not None else None
+    return out
+
+
+def code_versions(row: Row) -> list:
+    """Short commits of the row's runs; '*' marks a run started from a modified tree."""
+    versions = []
+    for run in row.runs:
+        git = run.record.git
+        version = (str(git.get("commit") or "unknown")[:7]) + ("*" if git.get("dirty") else "")
+        if version not in versions:
+            versions.append(version)
+    return versions
+
+
+def baseline_differences(row: Row) -> dict:
+    """This row minus its baseline, for validation and test accuracy (p_holm: see table_summaries)."""
+    base = row.baseline
+    out = {"baseline": describe_changes(base.record, base.changes), "baseline_runs": [r.dir for r in base.runs]}
+    for metric in ("val_accuracy", "test_accuracy"):
+        a, b = row.values(metric), base.values(metric)
+        d = stats.difference(a, b)
+        out[metric] = {"difference": d.estimate, "ci95": [d.low, d.high], "p": d.p_value, "p_holm": d.p_value,
+                       "test": d.test, "detectable_80": stats.detectable_difference(a, b)}
+    if len(row.runs) == 1 and len(base.runs) == 1:
+        out["networks"] = networks_test(row.runs[0], base.runs[0])
+    return out
+
+
+def networks_test(run: Run, base: Run) -> dict | None:
+    """Whether these two trained networks differ on the shared test images (not their recipes)."""
+    a, b = _correct(run), _correct(base)
+    if a is None or b is None:
+        return None
+    d = stats.mcnemar(a, b)
+    return {"difference": d.estimate, "p": d.p_value, "test": "exact McNemar: these two networks, not their recipes"}
+
+
+def table_summaries(rows: list) -> list:
+    """summarize_row for each row, with p_holm: Holm's adjustment over every p-value of its table."""
+    summaries = [summarize_row(row) for row in rows]
+    by_context = defaultdict(list)
+    for row, summary in zip(rows, summaries):
+        for metric in ("val_accuracy", "test_accuracy"):
+            if summary["vs_baseline"] and summary["vs_baseline"][metric]["p"] is not None:
+                by_context[row.context].append(summary["vs_baseline"][metric])
+    for tests in by_context.values():
+        for test, adjusted in zip(tests, stats.holm([t["p"] for t in tests])):
+            test["p_holm"] = adjusted
+            test["holm_family"] = len(tests)
+    return summaries
+
+
+def _correct(run: Run):
+    """Per test image, whether the run got it right (predictions.npz); None if the file is missing."""
+    try:
+        kept = runfolder.read_predictions(run.dir)
+    except UserError:
+        return None
+    return (kept["predicted"] == kept["labels"]).tolist()

@@ -1,0 +1,62 @@
+"""Run folders read for comparison: every problem becomes the run's status, never an exception."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from common import runfolder
+from common.errors import UserError, first_line
+
+@dataclass
+class Run:
+    dir: str
+    status: str                       # completed, running, interrupted, failed, "damaged: ...", ...
+    record: runfolder.RunRecord | None = None
+    train: dict | None = None
+    test: dict | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.status == runfolder.COMPLETED
+
+
+def read_run(run_dir: str) -> Run:
+    """One run folder through the run folder's validators; any problem is its status, never an exception."""
+    try:
+        record = runfolder.read_config(run_dir)
+    except UserError as e:
+        return Run(run_dir, f"damaged: {first_line(e)}")
+    if not os.path.exists(runfolder.path(run_dir, runfolder.TRAIN)):
+        return Run(run_dir, "not started (no train.json)", record)
+    try:
+        train = runfolder.read_train(run_dir)
+        if train["status"] != runfolder.COMPLETED:
+            return Run(run_dir, train["status"], record, train)
+        if len(train["epochs"]) != record.recipe.epochs:
+            return Run(run_dir, "damaged: train.json's epochs do not match config.json", record, train)
+        if not runfolder.is_complete(run_dir):
+            return Run(run_dir, "no test.json (stopped while testing?)", record, train)
+        return Run(run_dir, runfolder.COMPLETED, record, train, runfolder.read_test(run_dir))
+    except UserError as e:
+        return Run(run_dir, f"damaged: {first_line(e)}", record)
+
+
+def run_folders(root: str) -> list:
+    """Every run folder at or below `root` (a folder holding config.json or train.json), sorted."""
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        if runfolder.CONFIG in files or runfolder.TRAIN in files:
+            found.append(folder)
+            subfolders.clear()  # a run folder holds no runs
+        subfolders.sort()
+    return sorted(found)
+
+
+def collect(paths: list) -> list:
+    runs, seen = [], set()
+    for root in paths:
+        for run_dir in run_folders(root):
+            if os.path.realpath(run_dir) not in seen:
+                seen.add(os.path.realpath(run_dir))
+                runs.append(read_run(run_dir))
+    return runs
