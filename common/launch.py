@@ -57,11 +57,15 @@ def main(recipe, description: str, script_file: str, argv: list | None = None) -
 
 
 def dry_run(command) -> dict:
-    """What would run: the resolved recipe, options and flags, and the plan's members (written nowhere)."""
+    """What would run, written nowhere: the first member's resolved recipe, the options and flags, and every
+    member with the recipe fields where it differs from that one (a swept model brings its own normalization)."""
     members = plan.make_plan(command, runfolder.stamp()).members
-    return {"experiment": command.experiment, **{k: to_dict(getattr(command, k)) for k in ("recipe", "options", "launch")},
-            "member_count": len(members), "members": [{"id": m.id, "dataset": m.dataset, "seed": m.options.seed,
-                                                         "run_dir": m.run_dir} for m in members]}
+    first = to_dict(members[0].recipe)
+    return {"experiment": command.experiment, "recipe": first,
+            **{k: to_dict(getattr(command, k)) for k in ("options", "launch")},
+            "member_count": len(members),
+            "members": [{"id": m.id, "dataset": m.dataset, "seed": m.options.seed, "run_dir": m.run_dir,
+                         "recipe": {k: v for k, v in to_dict(m.recipe).items() if v != first[k]}} for m in members]}
 
 
 def _fail(message: str):

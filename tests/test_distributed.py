@@ -25,6 +25,7 @@ def test_two_process_training_counts_every_test_image_once(smoke_data, tmp_path)
     test = json.load(open(run / "test.json"))
 
     from common.augment import Preprocess
+    from common.config import data_folder
     from common.data import SPECS, load_cifar
     from common.metrics import classification_metrics
     from common.models import build_model
@@ -32,7 +33,7 @@ def test_two_process_training_counts_every_test_image_once(smoke_data, tmp_path)
     from common.train import predict
 
     record = read_config(str(run))
-    data = load_cifar(SPECS["cifar10"], record.options.data_dir, download=False)
+    data = load_cifar(SPECS["cifar10"], data_folder(record.recipe, record.options), download=False)
     model = build_model(record.recipe.model, 10, 32, False)
     model.load_state_dict(torch.load(run / "best.pth", weights_only=True)["model"])
     logits = predict(model, data.test_x, None, Preprocess(32, record.recipe.mean, record.recipe.std, "cpu"), 64)
