@@ -24,6 +24,9 @@ over seeds 0, 1, 2, on the JPEG copies of the datasets, one thread per run on a 
 Xeon, best epochs 14 to 15 / 6 to 8); another CPU gives other numbers at the same seed, by
 about as much as another seed does (an AMD EPYC: 0.7042 ± 0.0117 / 0.3406 ± 0.0096).
 """
+from common.stopping import stop_while_starting
+stop_while_starting(__name__)  # before torch loads: a stop in the first seconds exits quietly
+
 from common.config import Recipe
 from common.launch import main
 

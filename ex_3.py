@@ -26,6 +26,9 @@ Run:
 Expected: the report got 86.00% / 61.20% (CIFAR-10 / CIFAR-100). Needs a GPU for the
 full run; see README for what was measured here.
 """
+from common.stopping import stop_while_starting
+stop_while_starting(__name__)  # before torch loads: a stop in the first seconds exits quietly
+
 from common.config import Recipe
 from common.launch import main
 

@@ -20,6 +20,9 @@ Run:
 Expected: the report got 96.24% / 83.80% (CIFAR-10 / CIFAR-100) in 2906 s per dataset on an
 RTX 3050. Needs a GPU and the ImageNet weights; README says what was measured here.
 """
+from common.stopping import stop_while_starting
+stop_while_starting(__name__)  # before torch loads: a stop in the first seconds exits quietly
+
 from common.config import Recipe
 from common.launch import main
 

@@ -25,6 +25,9 @@ Run:
 Expected: the report got 96.14% / 83.07% (CIFAR-10 / CIFAR-100), no better than EX-4 at
 twice the cost. Needs a GPU; see README for what was measured here.
 """
+from common.stopping import stop_while_starting
+stop_while_starting(__name__)  # before torch loads: a stop in the first seconds exits quietly
+
 from common.config import Recipe
 from common.launch import main
 

@@ -4,6 +4,7 @@ The files' names and places are common.runfolder's."""
 from __future__ import annotations
 
 import io
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -12,7 +13,7 @@ import torch
 from common import schedules
 from common.errors import UserError
 from common.files import atomic_write
-from common.runfolder import BEST, LAST, best_epoch, epoch_checkpoint, path
+from common.runfolder import BEST, LAST, are_epoch_records, best_epoch, epoch_checkpoint, path
 from common.torchfiles import load, load_state
 
 CHECKPOINT_FORMAT = "cifar-experiments-checkpoint/2"
@@ -70,10 +71,11 @@ def load_checkpoint(file_path: str) -> dict:
 TRAINING_STATE_KEYS = ("experiment", "dataset", "epoch", "model", "optimizer", "scheduler", "history", "best")
 
 
-def load_last(run_dir: str, experiment: str, dataset: str, epochs: int) -> dict | None:
-    """last.pth, checked against its run (None if the run was killed before its first one): the right
-    experiment and dataset, an epoch within the plan, a history of exactly that many epochs, a best
-    epoch inside it. Shapes are checked when it is restored."""
+def load_last(run_dir: str, experiment: str, dataset: str, recipe: dict) -> dict | None:
+    """last.pth, checked whole against its run before anything is written (None if the run was killed
+    before its first one): the right experiment and dataset, the recipe config.json states (`recipe`:
+    its fields), an epoch within the plan, a history of exactly that many complete epoch records, a
+    best epoch inside it. Shapes are checked when it is restored."""
     file_path = path(run_dir, LAST)
     if not os.path.exists(file_path):
         return None
@@ -84,12 +86,17 @@ def load_last(run_dir: str, experiment: str, dataset: str, epochs: int) -> dict 
     if (state["experiment"], state["dataset"]) != (experiment, dataset):
         raise UserError(f"{file_path} belongs to {state['experiment']} {state['dataset']}, not to this run "
                         f"({experiment} {dataset})")
-    epoch, history, best = state["epoch"], state["history"], state["best"]
+    saved = state.get("config") if isinstance(state.get("config"), dict) else {}
+    edited = [k for k in recipe if k in saved and json.dumps(saved[k]) != json.dumps(recipe[k])]  # a tuple is a list
+    if edited:
+        raise UserError(f"{path(run_dir, 'config.json')} says {', '.join(f'{k} {recipe[k]!r}' for k in edited)}, but the "
+                        f"run was trained with {', '.join(f'{k} {saved[k]!r}' for k in edited)} ({LAST}): config.json "
+                        f"was edited after the run started; put it back, or start a new run for the new values")
+    epoch, history, best, epochs = state["epoch"], state["history"], state["best"], recipe["epochs"]
     if not (isinstance(epoch, int) and 0 <= epoch <= epochs):
         raise UserError(f"{file_path} says epoch {epoch!r}, outside this run's 0..{epochs}")
-    if not (isinstance(history, list) and len(history) == epoch
-            and all(isinstance(h, dict) and h.get("epoch") == i + 1 for i, h in enumerate(history))):
-        raise UserError(f"{file_path} is inconsistent: its history does not hold epochs 1..{epoch}")
+    if not (isinstance(history, list) and len(history) == epoch and are_epoch_records(history)):
+        raise UserError(f"{file_path} is inconsistent: its history does not hold complete records of epochs 1..{epoch}")
     if not (isinstance(best, dict) and isinstance(best.get("epoch"), int) and 0 <= best["epoch"] <= epoch
             and (epoch == 0) == (best["epoch"] == 0)):
         raise UserError(f"{file_path} is inconsistent: best epoch {best.get('epoch') if isinstance(best, dict) else best!r}"

@@ -30,6 +30,9 @@ class TolerantStream:
         if not self.broken:
             try:
                 return self._stream.write(text)
+            except UnicodeEncodeError:  # a console that cannot show ± or ·: '?' in their place
+                encoding = getattr(self._stream, "encoding", None) or "ascii"
+                return self._stream.write(text.encode(encoding, "replace").decode(encoding))
             except OSError as e:
                 self._silence(e)
         return len(text)

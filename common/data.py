@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import pickle
+import pickletools
 import tarfile
 import urllib.parse
 import urllib.request
@@ -88,11 +89,29 @@ class _CifarUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refused to load {module}.{name}: not part of the CIFAR format")
 
 
+def _check_declared_sizes(raw: bytes, path: str) -> None:
+    """Walk the pickle's opcodes without building anything: a length it declares beyond the file's
+    end (a 4 MB file asking for 23 GiB) is refused before the unpickler allocates it."""
+    try:
+        for _ in pickletools.genops(raw):  # a ValueError on a length past the end of `raw`
+            pass
+    except Exception as e:  # noqa: BLE001  (any malformed opcode stream)
+        raise UserError(f"cannot read {path}: it declares more bytes than it holds, or is not a pickle "
+                        f"({first_line(e, 120)}); delete its folder to download it again") from None
+
+
 def safe_unpickle(path: str) -> dict:
     """Read one CIFAR batch file; any failure becomes a UserError naming the file."""
     try:
         with open(path, "rb") as f:
-            obj = _CifarUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
+            raw = f.read()
+    except FileNotFoundError:
+        raise UserError(f"missing data file {path}; delete its folder to download it again") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {os_reason(e)}") from None
+    _check_declared_sizes(raw, path)
+    try:
+        obj = _CifarUnpickler(io.BytesIO(raw), encoding="latin1").load()
     except FileNotFoundError:
         raise UserError(f"missing data file {path}; delete its folder to download it again") from None
     except Exception as e:  # truncated, corrupt, or a refused global

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import os
 import platform
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 
-from common.errors import UserError
+from common.errors import OutOfMemory, UserError
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 
@@ -107,3 +107,23 @@ def describe(device: torch.device) -> str:
     if device.type == "cpu":
         return f"CPU {cpu_model()}, {torch.get_num_threads()} threads"
     return str(device)
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError, or the CPU allocator's RuntimeError."""
+    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
+
+
+@contextmanager
+def memory_explained(batch_size: int, image_size: int, then: str = ""):
+    """Out of memory inside: one line naming what to lower (and `then`, what keeps the run), not the allocator's traceback."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as e:
+        if not is_out_of_memory(e):
+            raise
+        asked = str(e).split("you tried to allocate ")[-1].split(" bytes")[0]
+        size = f" (asked for {int(asked) / 2**30:.1f} GiB more)" if asked.isdigit() else ""
+        raise OutOfMemory(f"out of memory{size} at batch size {batch_size} and image size {image_size} px: "
+                          f"lower --batch-size or --image-size{then}") from None

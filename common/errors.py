@@ -17,6 +17,10 @@ class Diverged(UserError):
     """The loss became nan or infinite: the recipe fails, so resuming the same run would fail again."""
 
 
+class OutOfMemory(UserError):
+    """The batch did not fit in the device's memory: a smaller batch or image fits; the run stays resumable."""
+
+
 def os_reason(e: OSError) -> str:
     """'No space left on device (ENOSPC)': the system's words plus the errno name to search for."""
     name = errno.errorcode.get(e.errno or 0)

@@ -26,7 +26,7 @@ from common.cli import resume_command
 from common.config import SMOKE_SIZES, Options, Recipe, batch_size_problem, data_folder, header_words, is_resolved, knobs, to_dict
 from common.data import (SPECS, CifarData, fingerprint, load_cifar, make_synthetic, stratified_split,
                          stratified_subset)
-from common.devices import amp_dtype, describe, memory_format, select_device, use_channels_last
+from common.devices import amp_dtype, describe, memory_explained, memory_format, select_device, use_channels_last
 from common.errors import Diverged, UserError, first_line
 from common.files import remove_stale_temp_files
 from common.metrics import classification_metrics
@@ -83,7 +83,8 @@ def run(experiment: str, recipe: Recipe, options: Options, dataset: str, run_dir
                         f"{resume_command(experiment, run_dir)}")
     if not is_resolved(recipe):
         raise ValueError("resolve the recipe first: common.config.resolved_recipe(recipe) fills the model's defaults")
-    session = prepare(experiment, recipe, options, dataset)
+    with memory_explained(recipe.batch_size, recipe.image_size):
+        session = prepare(experiment, recipe, options, dataset)
     if not distributed.is_main():
         return _fit_and_test(session, distributed.broadcast(None))
     folder = run_dir or runfolder.create(os.path.join(options.out, runfolder.DATASET_FOLDERS[dataset]))
@@ -100,24 +101,44 @@ def resume(run_dir: str, device: str | None = None) -> str:
     options = dataclasses.replace(record.options, device=device or record.options.device)
     if runfolder.is_complete(run_dir):
         raise UserError(f"{run_dir} is complete (it has {runfolder.TEST}); start a new run instead")
-    checkpoint = checkpoints.load_last(run_dir, record.experiment, record.dataset, record.recipe.epochs)
+    checkpoint = checkpoints.load_last(run_dir, record.experiment, record.dataset, to_dict(record.recipe))
     if record.processes != distributed.world_size():
         raise UserError(f"{run_dir} was trained by {record.processes} process(es), this is "
                         f"{distributed.world_size()}: resume it as it was started (torchrun --nproc_per_node="
                         f"{record.processes}), or the numbers would change")
-    session = prepare(record.experiment, record.recipe, options, record.dataset, record=record)
-    if checkpoint is not None:
-        checkpoints.restore_state(run_dir, checkpoint, session.state, record.recipe.lr)
-    if distributed.is_main():
-        runfolder.claim(run_dir)
-        remove_stale_temp_files(run_dir)  # of writes cut short by a SIGKILL
-        runfolder.record_resume(run_dir, record.raw, session.state.saved_epochs, REPO_ROOT, str(session.device))
-    print(f"resuming {run_dir} from {'last.pth, epoch ' + str(session.state.saved_epochs) if checkpoint else 'the start'}"
-          f" ({record.recipe.epochs} epochs planned)", flush=True)
-    if record.defaulted:
-        print(f"  {runfolder.CONFIG} lacks {', '.join(record.defaulted)} (written by an older version): "
-              f"read with their defaults", flush=True)
-    return _fit_and_test(session, run_dir)
+    with threads_kept(record.environment.get("torch_threads")):
+        with memory_explained(record.recipe.batch_size, record.recipe.image_size):
+            session = prepare(record.experiment, record.recipe, options, record.dataset, record=record)
+        if checkpoint is not None:
+            checkpoints.restore_state(run_dir, checkpoint, session.state, record.recipe.lr)
+        if distributed.is_main():
+            runfolder.claim(run_dir)
+            remove_stale_temp_files(run_dir)  # of writes cut short by a SIGKILL
+            runfolder.record_resume(run_dir, record.raw, session.state.saved_epochs, REPO_ROOT, str(session.device))
+        print(f"resuming {run_dir} from {'last.pth, epoch ' + str(session.state.saved_epochs) if checkpoint else 'the start'}"
+              f" ({record.recipe.epochs} epochs planned)", flush=True)
+        if record.defaulted:
+            print(f"  {runfolder.CONFIG} lacks {', '.join(record.defaulted)} (written by an older version): "
+                  f"read with their defaults", flush=True)
+        return _fit_and_test(session, run_dir)
+
+
+@contextlib.contextmanager
+def threads_kept(started_with):
+    """Resume on the CPU thread count the run started with, whatever runs it now (--jobs, Slurm, inline):
+    the count decides the order of a CPU's sums, so the run's numbers and its row in compare. The
+    process's own count comes back afterwards (for the next member of an inline plan)."""
+    own = torch.get_num_threads()
+    if not (isinstance(started_with, int) and started_with >= 1 and started_with != own):
+        yield
+        return
+    print(f"keeping the {started_with} CPU thread(s) this run started with (this process has {own}): "
+          f"the thread count decides its numbers", flush=True)
+    torch.set_num_threads(started_with)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(own)
 
 
 def prepare(experiment: str, recipe: Recipe, options: Options, dataset: str, record=None) -> Session:
@@ -193,12 +214,15 @@ def _fit_and_test(s: Session, run_dir: str) -> str:
     """The epoch loop, then the test of best.pth; a stop or failure is recorded in train.json first."""
     writer = tensorboard_writer(run_dir) if s.options.tensorboard and distributed.is_main() else None
     print_header(s, run_dir)
+    keep = f"; {runfolder.LAST} keeps every finished epoch: {resume_command(s.experiment, run_dir)} continues it"
     try:
-        fit(s, run_dir, writer)
-        evaluate_best_checkpoint(s, run_dir, writer)
+        with memory_explained(s.recipe.batch_size, s.recipe.image_size, then=keep):
+            fit(s, run_dir, writer)
+            evaluate_best_checkpoint(s, run_dir, writer)
+        write_train_json(s, run_dir, runfolder.COMPLETED)  # after test.json: completed means tested
     except KeyboardInterrupt:
-        with stopping.cleaning_up():
-            write_train_json(s, run_dir, runfolder.INTERRUPTED)
+        with stopping.cleaning_up():  # test.json on disk: the run is complete, whatever stopped after it
+            write_train_json(s, run_dir, runfolder.COMPLETED if runfolder.is_complete(run_dir) else runfolder.INTERRUPTED)
         raise
     except BaseException as e:
         write_train_json(s, run_dir, runfolder.FAILED, error=first_line(e, 1000), diverged=isinstance(e, Diverged))
@@ -236,7 +260,6 @@ def fit(s: Session, run_dir: str, writer=None) -> None:
             plot_curves(s, run_dir)
         log_epoch(s.tag, recipe.epochs, state.history[-1], improved, writer)
         stopping.check()  # matplotlib's finalizers may have dropped a stop signal's exception
-    write_train_json(s, run_dir, runfolder.COMPLETED)
 
 
 def epoch_record(epoch: int, train: dict, val: dict, lr: float) -> dict:

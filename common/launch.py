@@ -109,16 +109,22 @@ def report(the_plan: plan.Plan, outcomes: list) -> list:
     elsewhere = list(statuses.values()).count(runfolder.RUNNING)
     print(f"{plan.describe(the_plan)}: {list(statuses.values()).count(runfolder.COMPLETED)} of {len(statuses)} complete"
           + (f", {elsewhere} running in another process" if elsewhere else ""), flush=True)
-    failed = [o for o in outcomes if o.status not in (runfolder.COMPLETED, runfolder.RUNNING)]
-    if not failed:
+    unfinished = [o for o in outcomes if o.status not in (runfolder.COMPLETED, runfolder.RUNNING)]
+    if not unfinished:
         return [m.run_dir for m in the_plan.members]
+    failed = [o for o in unfinished if o.status == runfolder.FAILED]
+    stopped = [o.member.id for o in unfinished if o.status != runfolder.FAILED]  # a signal or a kill: nothing to fix
     diverged = [o.member.id for o in failed if o.diverged]  # a nan loss fails again on resume; anything else may not
-    raise UserError(f"{len(failed)} of {len(the_plan.members)} members failed ({', '.join(o.member.id for o in failed)}); "
-                    f"see their train.json; the rest are done. "
-                    + (f"{', '.join(diverged)}: the loss diverged, so resuming cannot help; start a new plan (another "
-                       f"--name) with other values, e.g. a lower --lr. " if diverged else "")
-                    + ("" if len(diverged) == len(failed) else
-                       f"After a fix: {resume_command(the_plan.experiment, the_plan.folder)}"))
+    resume = resume_command(the_plan.experiment, the_plan.folder)
+    raise UserError(
+        (f"{len(failed)} of {len(the_plan.members)} members failed ({', '.join(o.member.id for o in failed)}); "
+         f"see their train.json. " if failed else "")
+        + (f"{len(stopped)} of {len(the_plan.members)} members were stopped ({', '.join(stopped)}). " if stopped else "")
+        + (f"{', '.join(diverged)}: the loss diverged, so resuming cannot help; start a new plan (another "
+           f"--name) with other values, e.g. a lower --lr. " if diverged else "")
+        + ("The rest are done. " if len(unfinished) < len(outcomes) else "")
+        + ("" if len(diverged) == len(failed) and not stopped else
+           f"{'After a fix, c' if len(failed) > len(diverged) else 'C'}ontinue the plan with: {resume}"))
 
 
 def stop_message(the_plan: plan.Plan | None) -> str:
@@ -132,6 +138,8 @@ def stop_message(the_plan: plan.Plan | None) -> str:
         run_dir = the_plan.members[0].run_dir if the_plan is not None else None
         if run_dir is None or not os.path.isfile(runfolder.path(run_dir, runfolder.CONFIG)):
             return "\ninterrupted before anything was written"
+        if runfolder.is_complete(run_dir):
+            return f"\ninterrupted after the run was complete: {run_dir} holds its {runfolder.TEST}; nothing to resume"
         try:
             epochs = runfolder.read_train(run_dir)["epochs_done"]
         except UserError:

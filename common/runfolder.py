@@ -129,6 +129,18 @@ def locked(run_dir: str):
         os.close(fd)
 
 
+def remove_if_unused(run_dir: str) -> None:
+    """Remove a folder this process made that holds nothing, or only a lock file nobody holds (a stop
+    landed between taking the lock and the run's first write)."""
+    try:
+        if set(os.listdir(run_dir)) == {LOCK} and not is_locked(run_dir):
+            os.remove(path(run_dir, LOCK))
+        if not os.listdir(run_dir):
+            os.rmdir(run_dir)
+    except OSError:
+        pass  # gone already, or not ours to remove: leave it
+
+
 def is_locked(run_dir: str) -> bool:
     """Whether a process (this one included) holds run_dir's lock now."""
     lock_path = os.path.realpath(path(run_dir, LOCK))
@@ -148,8 +160,10 @@ def is_locked(run_dir: str) -> bool:
 
 
 def status(run_dir: str) -> str:
-    """completed, running (its lock is held), interrupted, failed, killed (train.json says running but
-    no process holds the lock), damaged, or not started."""
+    """What is on disk, as the last writes left it: completed (test.json, written last), running (its
+    lock is held), interrupted, failed, killed (train.json says running, or completed without a
+    test.json, and no process holds the lock: --resume continues it, into its test if its epochs
+    are done), damaged, or not started."""
     if is_complete(run_dir):
         return COMPLETED
     if is_locked(run_dir):
@@ -160,7 +174,7 @@ def status(run_dir: str) -> str:
         written = read_json(path(run_dir, TRAIN)).get("status")
     except (UserError, AttributeError):
         return DAMAGED
-    return KILLED if written == RUNNING else str(written)
+    return KILLED if written in (RUNNING, COMPLETED) else str(written)
 
 
 def claim(run_dir: str) -> None:
@@ -192,7 +206,10 @@ def write_json(file_path: str, obj) -> None:
 
 
 def read_json(file_path: str):
-    """The parsed file; missing, unreadable, invalid or absurdly nested JSON is a UserError naming it."""
+    """The parsed file; missing, unreadable, invalid or absurdly nested JSON is a UserError naming it,
+    and so is anything but a regular file (a FIFO would block the read, /dev/zero never end it)."""
+    if os.path.exists(file_path) and not os.path.isfile(file_path):
+        raise UserError(f"{file_path} is not a regular file")
     try:
         with open(file_path) as f:
             return json.load(f)
@@ -310,7 +327,15 @@ def train_summary(experiment: str, dataset: str, epochs_planned: int, history: l
             "epochs": history}
 
 
-EPOCH_NUMBERS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s")
+EPOCH_NUMBERS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s",
+                 "train_time_s", "train_images")
+
+
+def are_epoch_records(epochs) -> bool:
+    """Records of epochs 1..N, each holding every number train.json's summary reads, finite."""
+    return isinstance(epochs, list) and all(
+        isinstance(e, dict) and e.get("epoch") == i + 1 and all(_finite(e.get(k)) for k in EPOCH_NUMBERS)
+        for i, e in enumerate(epochs))
 
 
 def read_train(run_dir: str) -> dict:
@@ -319,9 +344,7 @@ def read_train(run_dir: str) -> dict:
     if not (isinstance(train, dict) and train.get("status") in STATUSES):
         raise UserError(f"{file_path} is damaged: no status")
     epochs = train.get("epochs")
-    if not (isinstance(epochs, list) and all(
-            isinstance(e, dict) and e.get("epoch") == i + 1 and all(_finite(e.get(k)) for k in EPOCH_NUMBERS)
-            for i, e in enumerate(epochs))):
+    if not are_epoch_records(epochs):
         raise UserError(f"{file_path} is damaged: its epochs are not records of finite numbers 1..N")
     if epochs and not (_finite(train.get("best_epoch"), 1, len(epochs)) and _finite(train.get("train_time_s"), 0)):
         raise UserError(f"{file_path} is damaged: best_epoch or train_time_s is not a number")
@@ -358,6 +381,8 @@ def write_predictions(run_dir: str, probabilities, labels, predicted) -> None:
 def read_predictions(run_dir: str) -> dict:
     """{probabilities, labels, predicted}, checked for matching lengths."""
     file_path = path(run_dir, PREDICTIONS)
+    if not os.path.isfile(file_path):
+        raise UserError(f"{file_path} is missing or not a regular file")
     try:
         with np.load(file_path, allow_pickle=False) as kept:
             out = {k: kept[k] for k in ("probabilities", "labels", "predicted")}

@@ -20,7 +20,17 @@ import signal
 import sys
 from typing import NoReturn
 
+from common.errors import UserError
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+MEMBER_SIGNALS = STOP_SIGNALS + (signal.SIGUSR2,)  # a plan member stops on Slurm's time-out warning too
+LAUNCHER_ENV = "CIFAR_LAUNCHER_PID"  # a --jobs member's launcher: its death (a parent PID changed) is a stop
+
+
+def launcher_pid() -> int:
+    """The launcher a --jobs member was started by (LAUNCHER_ENV), else this process's parent now."""
+    given = os.environ.get(LAUNCHER_ENV, "")
+    return int(given) if given.isdigit() else os.getppid()
 
 
 class Stopped(KeyboardInterrupt):
@@ -74,10 +84,13 @@ def _on_signal(signum, frame):
         _state.signum = signum
     else:
         _state.repeats += 1
-    if not _stopping_already():
+    erring = isinstance(sys.exc_info()[1], UserError)  # its one-line error is on its way out: no second traceback
+    if not _stopping_already() and not erring:
         raise Stopped(_state.signum)
     if _state.repeats >= 2:
         os._exit(128 + _state.signum)
+    if erring:
+        return  # recorded: check() raises it if the error is survived (a plan's next member)
     _say(f"{signal.Signals(signum).name}: already stopping, letting the run save its state (a third signal exits at once)")
 
 
@@ -98,12 +111,33 @@ def _unraisable(hook):
     return quiet
 
 
+def _wanted(signals) -> list:
+    """The signals to handle: not those the parent set to be ignored (`nohup` ignores SIGHUP)."""
+    return [s for s in signals if signal.getsignal(s) is not signal.SIG_IGN]
+
+
+def stop_while_starting(module_name: str, signals=STOP_SIGNALS) -> None:
+    """The first thing an entry point does, before torch is imported (a second or more): a stop signal
+    before stop_on_signals ends the process at once, quietly, with 128 + signal. Nothing has been
+    written yet; Python's own Ctrl-C would print an import's traceback, or be dropped in a finalizer.
+    Only where `module_name` is "__main__": a script imported (its RECIPE read) changes no handler."""
+    if module_name != "__main__":
+        return
+
+    def exit_now(signum, frame):
+        _say(f"stopped by {signal.Signals(signum).name} while starting: nothing was written")
+        os._exit(128 + signum)
+
+    for s in _wanted(signals):
+        signal.signal(s, exit_now)
+
+
 def stop_on_signals(signals=STOP_SIGNALS, parent: int | None = None) -> None:
     """Record (and raise) these signals as Stopped; `parent`: stop too when that process is gone."""
     _state.signum, _state.repeats, _state.cleaning, _state.parent = None, 0, 0, parent
     if not hasattr(sys.unraisablehook, "wrapped"):
         sys.unraisablehook = _unraisable(sys.unraisablehook)
-    for s in signals:
+    for s in _wanted(signals):
         signal.signal(s, _on_signal)
 
 

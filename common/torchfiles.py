@@ -6,6 +6,9 @@ only, so a file cannot run code.
 """
 from __future__ import annotations
 
+import pickle
+import re
+
 import torch
 
 from common.errors import UserError, first_line
@@ -17,7 +20,16 @@ def load(path: str, what: str) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"no {what} at {path}") from None
-    except Exception as e:  # truncated, empty, pickled code, not a torch file
+    except pickle.UnpicklingError as e:  # weights_only refused a global: the file would run code
+        if "Weights only load failed" in str(e):
+            named = re.search(r"GLOBAL (\S+)", str(e))
+            refused = f"a call to {named.group(1)}" if named else "code"
+            raise UserError(f"refused {what} {path} as unsafe: it holds {refused}, which loading would run; "
+                            f"this repo only loads tensors and plain containers (do not load it some other way "
+                            f"unless you made it yourself)") from None
+        raise UserError(f"cannot load {what} {path}: {first_line(e)} (empty, truncated or not a torch "
+                        f"file)") from None
+    except Exception as e:  # truncated, empty, not a torch file
         raise UserError(f"cannot load {what} {path}: {first_line(e)} (empty, truncated or not a torch "
                         f"file)") from None
     if not isinstance(state, dict):

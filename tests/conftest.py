@@ -164,6 +164,12 @@ def local_archive(smoke_data, tmp_path, monkeypatch):
     return make
 
 
+class _Code:
+    """A pickled call: what a checkpoint that runs code on loading holds."""
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
 def _damage_last(run_dir, how):
     import torch  # here, not at the top: the thread count above is set before torch starts
 
@@ -184,13 +190,19 @@ def _damage_last(run_dir, how):
         message = "its model does not fit this run"
     elif how == "epoch_beyond_history":
         state["epoch"] = 2
-        message = "its history does not hold epochs 1..2"
+        message = "its history does not hold complete records of epochs 1..2"
     elif how == "epoch_beyond_plan":
         state["epoch"] = 99
         message = "outside this run's 0..2"
+    elif how == "history_without_val_accuracy":
+        del state["history"][0]["val_accuracy"]
+        message = "its history does not hold complete records of epochs 1..1"
+    elif how == "holds_code":
+        torch.save(dict(state, scheduler=_Code()), path)
+        return "refused checkpoint"
     else:  # history of the wrong length
         state["history"] = state["history"] + state["history"]
-        message = "its history does not hold epochs 1..1"
+        message = "its history does not hold complete records of epochs 1..1"
     torch.save(state, path)
     return message
 

@@ -4,11 +4,14 @@ data sets) and resumes that cannot be honoured stop with one line naming the fla
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from tests.conftest import (
+    REPO,
     _copy_run,
     _damage_last,
     _dataset_with,
@@ -21,7 +24,8 @@ from tests.conftest import (
 
 
 @pytest.mark.parametrize("how", ["empty", "truncated", "missing_keys", "wrong_shapes", "epoch_beyond_history",
-                                 "epoch_beyond_plan", "history_wrong_length"])
+                                 "epoch_beyond_plan", "history_wrong_length", "history_without_val_accuracy",
+                                 "holds_code"])
 def test_a_damaged_last_pth_is_refused_and_changes_nothing(interrupted_run, tmp_path, how):
     run_dir = str(tmp_path / "run")
     shutil.copytree(interrupted_run, run_dir)
@@ -29,8 +33,57 @@ def test_a_damaged_last_pth_is_refused_and_changes_nothing(interrupted_run, tmp_
     before = snapshot_files(run_dir)
     result = run_script("ex_1.py", "--resume", run_dir, timeout=120)
     assert result.returncode == 1
-    _one_error_line(result, "last.pth", message)
+    line = _one_error_line(result, "last.pth", message)
+    assert "weights_only" not in line  # never the advice to load an unsafe file some other way
     assert snapshot_files(run_dir) == before  # no resume entry added, nothing written
+
+
+def test_a_recipe_edited_in_config_json_after_the_start_is_refused(interrupted_run, tmp_path):
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(interrupted_run, run_dir)
+    record = json.load(open(os.path.join(run_dir, "config.json")))
+    record["config"]["lr"] = 0.01
+    json.dump(record, open(os.path.join(run_dir, "config.json"), "w"))
+    before = snapshot_files(run_dir)
+    result = run_script("ex_1.py", "--resume", run_dir, timeout=120)
+    assert result.returncode == 1
+    _one_error_line(result, "lr 0.01", "trained with lr 0.001", "edited after the run started")
+    assert snapshot_files(run_dir) == before
+
+
+def test_a_data_file_declaring_more_bytes_than_it_holds_is_refused_before_allocating(tmp_path, smoke_data):
+    """A 4 MB data_batch_1 whose pickle declares a 23 GiB bytes object; memory capped at 6 GiB so
+    that the old behaviour (allocate first) fails here instead of calling the OOM killer."""
+    import resource
+    import struct
+
+    data = tmp_path / "data"
+    shutil.copytree(os.path.join(smoke_data, "synthetic", "small"), data)
+    path = data / "cifar-10-batches-py" / "data_batch_1"
+    path.write_bytes(b"\x80\x04\x8e" + struct.pack("<Q", 8_000_000 * 3072) + b"\0" * (4 << 20))
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+
+    result = subprocess.run([sys.executable, os.path.join(REPO, "ex_1.py"), "--dataset", "cifar10", "--data-dir",
+                             str(data), "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True,
+                            timeout=120, preexec_fn=cap)
+    assert result.returncode == 1, result.stderr[-2000:]
+    _one_error_line(result, str(path), "declares more bytes than it holds")
+
+
+def test_out_of_memory_is_one_line_naming_what_to_lower(tmp_path, smoke_data):
+    """A legal --image-size 4096 under a 6 GiB cap: the allocator's traceback becomes one line."""
+    import resource
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+
+    result = subprocess.run([sys.executable, os.path.join(REPO, "ex_1.py"), *_quick(smoke_data, tmp_path / "out"),
+                             "--image-size", "4096", "--epochs", "1"], cwd=REPO, capture_output=True, text=True,
+                            timeout=300, preexec_fn=cap)
+    assert result.returncode == 1
+    _one_error_line(result, "out of memory", "batch size", "image size 4096", "--batch-size or --image-size")
 
 
 @pytest.mark.parametrize("field,value,message", [("lr", "fast", "'lr' expected a number"),

@@ -6,10 +6,11 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 
 import pytest
 
-from tests.conftest import _compare, _compare_process, _one_error_line, only_run, run_script
+from tests.conftest import REPO, _compare, _compare_process, _one_error_line, only_run, run_script
 
 
 @pytest.mark.parametrize("damage", ["environment list", "recipe string", "huge accuracy", "deep json", "nan accuracy",
@@ -132,3 +133,41 @@ def test_compare_usage_errors_are_one_line():
     result = _compare_process("--baseline", "nonsense")
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1 and "--help" in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("where,make", [("train.json", "fifo"), ("test.json", "fifo"), ("test.json", "dev_zero"),
+                                        ("predictions.npz", "fifo")])
+def test_compare_lists_a_run_whose_file_is_a_fifo_or_a_device_as_damaged_and_never_hangs(two_runs, where, make):
+    root, (good, other) = two_runs
+    target = other / where
+    target.unlink()
+    if make == "fifo":
+        os.mkfifo(target)
+    else:
+        os.symlink("/dev/zero", target)
+    result = subprocess.run([sys.executable, "-m", "common.compare", str(root), "--no-figures"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)  # a hang fails here
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert ("| 2 (0,1) |" if where == "predictions.npz" else "| 1 (0) |") in result.stdout  # (the table reads no predictions)
+    if where == "train.json":
+        assert "not a regular file" in result.stdout
+    elif where == "test.json":  # no test.json to read: not complete, listed apart
+        assert "other: killed while testing" in result.stdout
+
+
+@pytest.mark.parametrize("path,message", [("", "an empty path names no file"), ("x" * 4000 + ".png", "longer than")])
+def test_compare_refuses_an_empty_or_over_long_output_path_in_one_line(two_runs, tmp_path, path, message):
+    root, _ = two_runs
+    result = _compare_process(str(root), "--figure", path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not os.path.exists(os.path.join("/", "compare_val_accuracy.png")) or path
+
+
+def test_compare_on_a_console_that_cannot_print_non_ascii_prints_question_marks(two_runs):
+    root, _ = two_runs
+    result = subprocess.run([sys.executable, "-m", "common.compare", str(root), "--no-figures"], cwd=REPO,
+                            capture_output=True, timeout=120, env=dict(os.environ, PYTHONIOENCODING="ascii"))
+    assert result.returncode == 0 and b"Traceback" not in result.stderr, result.stderr[-2000:]
+    assert b"best val acc ? 95% CI" in result.stdout

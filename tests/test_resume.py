@@ -103,3 +103,20 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(smoke_data, tmp_path):
     assert train["status"] == "failed" and train["epochs_done"] == 0
     import torch
     assert torch.load(os.path.join(run_dir, "last.pth"), weights_only=True)["epoch"] == 0
+
+
+def test_a_resume_keeps_the_thread_count_the_run_started_with(uninterrupted, smoke_data, tmp_path):
+    """Started with one thread (a --jobs member), resumed where two are the default (inline, Slurm):
+    the run goes on with one, and ends with the uninterrupted one-thread run's numbers."""
+    out = str(tmp_path)
+    proc = _start(smoke_data, out)
+    for line in proc.stdout:
+        if "epoch   1/3" in line:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    run_dir = _only_run(out)
+    result = run_script("ex_1.py", "--resume", run_dir, env={"OMP_NUM_THREADS": "2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "keeping the 1 CPU thread(s) this run started with (this process has 2)" in result.stdout
+    assert _metrics(run_dir) == uninterrupted

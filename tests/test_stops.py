@@ -317,3 +317,86 @@ def test_a_sigterm_after_the_error_line_keeps_exit_1_without_a_traceback(tmp_pat
                             env=dict(os.environ, CIFAR_MIRROR=f"http://127.0.0.1:{closed_port()}/"))
     _one_error_line(result, "CIFAR_MIRROR")
     assert result.returncode == 1  # the error was printed: the signal changes neither the output nor the code
+
+
+# --- the end of a run, the first second, and other moments a stop must not mislabel ---
+
+def test_a_stop_right_after_test_json_leaves_a_complete_run_that_compare_counts(smoke_data, tmp_path):
+    result = run_script("ex_1.py", *_quick(smoke_data, tmp_path / "out", "--epochs", "1"), env=hooked("test_json"))
+    assert result.returncode == 143 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    run_dir = only_run(str(tmp_path / "out"))
+    assert _train_status(run_dir) == "completed"  # what is on disk: tested
+    assert "nothing to resume" in result.stderr and "--resume" not in result.stderr
+    compared = subprocess.run([sys.executable, "-m", "common.compare", str(tmp_path / "out"), "--no-figures"],
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert compared.returncode == 0 and "Not averaged" not in compared.stdout, compared.stdout[-2000:]
+
+
+def test_a_member_killed_while_testing_is_not_complete_and_resume_tests_it(smoke_data, tmp_path):
+    out = tmp_path / "out"
+    args = _quick(smoke_data, out, "--epochs", "1", "--seeds", "0,1")
+    killed = run_script("ex_1.py", *args, env=hooked("testing", "SIGKILL"))
+    assert killed.returncode == -signal.SIGKILL
+    (plan_dir,) = (out / "sweeps").iterdir()
+    status = subprocess.run([sys.executable, "-m", "common.plans", str(plan_dir)], cwd=REPO, capture_output=True,
+                            text=True, timeout=120).stdout
+    assert "1 killed" in status and "completed" not in status, status
+    resumed = run_script("ex_1.py", "--resume", str(plan_dir))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "2 of 2 complete" in resumed.stdout
+    for run_dir in (out / "cifar_10").iterdir():
+        assert (run_dir / "test.json").is_file() and _train_status(run_dir) == "completed"
+
+
+def test_a_stop_just_after_the_lock_is_taken_leaves_no_folder(smoke_data, tmp_path):
+    out = tmp_path / "out"
+    result = run_script("ex_1.py", *_quick(smoke_data, out, "--epochs", "1", "--name", "p"), env=hooked("lock"))
+    assert result.returncode == 143 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert not (out / "sweeps" / "p" / "cifar_10").exists() or not any((out / "sweeps" / "p" / "cifar_10").iterdir())
+
+
+def test_a_signal_while_the_script_starts_exits_quietly_before_anything_is_written(tmp_path):
+    """Python's own Ctrl-C during the first seconds (torch importing) would print a traceback of the
+    import, or be dropped inside a finalizer. Sent at many moments of the start, never a traceback."""
+    codes = set()
+    for delay in (0.3, 0.6, 1.0, 1.4, 1.8):  # after Python's own start-up (its site imports), before training
+        proc = subprocess.Popen([sys.executable, os.path.join(REPO, "ex_1.py"), "--smoke", "--out", str(tmp_path)],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+        assert "Traceback" not in stderr and len([line for line in stderr.splitlines() if line.strip()]) <= 2, stderr
+        codes.add(proc.returncode)
+    assert codes <= {130}, codes  # never trained on, never died by the default handler
+    assert not any((tmp_path / "cifar_10").glob("*/test.json"))
+
+
+def test_a_sighup_the_parent_ignores_stays_ignored(smoke_data, tmp_path):
+    """`nohup python ex_1.py`: the run outlives the terminal."""
+    proc = _start(smoke_data, tmp_path, "--epochs", "2", preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    _read_until(proc, "epoch   1/2")
+    proc.send_signal(signal.SIGHUP)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    assert _train_status(only_run(str(tmp_path))) == "completed"
+
+
+def test_a_stop_during_an_error_exit_prints_the_error_once_and_no_traceback(tmp_path):
+    """A SIGTERM while the UserError that ends the command is being handled (before its line is out)."""
+    script = os.path.join(REPO, "ex_1.py")
+    argv = [script, "--dataset", "cifar10", "--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "o")]
+    code = ("import os, runpy, signal, sys\n"
+            f"sys.path.insert(0, {REPO!r})\n"
+            "from common import launch\n"
+            "real = launch._fail\n"
+            "def fail(message):\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    for _ in range(100000): pass\n"
+            "    real(message)\n"
+            "launch._fail = fail\n"
+            f"sys.argv = {argv!r}\n"
+            f"runpy.run_path({script!r}, run_name='__main__')\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, CIFAR_MIRROR=f"http://127.0.0.1:{closed_port()}/"))
+    _one_error_line(result, "CIFAR_MIRROR")
+    assert result.returncode == 1

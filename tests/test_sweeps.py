@@ -16,10 +16,12 @@ from tests.conftest import (
     _plan,
     _pretend_started_on_a_gpu_node,
     _status,
+    _one_error_line,
     _stopped_plan,
     hooked,
     run_metrics,
     run_script,
+    snapshot_files,
 )
 
 SWEEP = ["--smoke", "--dataset", "cifar10", "--sweep", "lr=0.001,0.003", "--epochs", "3", "--batch-size", "16",
@@ -488,3 +490,26 @@ def test_the_inline_and_the_jobs_executor_leave_the_same_plan(smoke_data, tmp_pa
                        [run_metrics(m) for m in members])
     assert plans["1"] == plans["2"]
     assert plans["1"][0] == ["completed", "completed"] and ".lock" not in plans["1"][1][0]
+
+
+def test_members_stopped_by_a_signal_are_reported_stopped_with_the_command_that_continues(smoke_data, tmp_path):
+    result = run_script("ex_1.py", *SMOKE_BATCH16, "--sweep", "lr=0.001,0.003", "--epochs", "2", "--name", "s",
+                        "--jobs", "2", "--data-dir", smoke_data, "--out", str(tmp_path), env=hooked("train_json"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    plan_dir, _, members = _plan(str(tmp_path), "s")
+    assert [_status(m) for m in members] == ["interrupted", "interrupted"]
+    assert "2 of 2 members were stopped" in result.stderr and "failed" not in result.stderr
+    assert f"Continue the plan with: python ex_1.py --resume {plan_dir}" in result.stderr
+
+
+@pytest.mark.parametrize("member_id", ["/tmp/escaped/cifar_10/x", "cifar_10/../../../escaped", "../../../x/cifar_10/y",
+                                       "cifar_10/.."])
+def test_a_plan_whose_member_id_leaves_its_folder_is_refused_before_anything_runs(smoke_data, tmp_path, member_id):
+    plan_dir, raw, _ = _stopped_plan(smoke_data, str(tmp_path / "out"))
+    raw["members"][0]["id"] = member_id
+    json.dump(raw, open(os.path.join(plan_dir, "sweep.json"), "w"))
+    before = snapshot_files(tmp_path)
+    result = run_script("ex_1.py", "--resume", plan_dir)
+    assert result.returncode == 1
+    _one_error_line(result, "is not a run folder this plan can own")
+    assert snapshot_files(tmp_path) == before

@@ -44,6 +44,7 @@ from common.compare.rows import build_rows, choose_baselines, parse_baseline, ta
 from common.compare.runs import collect
 from common.compare.tables import (BLOCK_NAME, EFFECTS_BLOCK, RESULTS_BLOCK, markdown, read_readme,
                                    reference_rows, reference_table, update_readme)
+from common.console import guard_console
 from common.errors import UserError
 
 
@@ -64,8 +65,21 @@ def block_name(text: str) -> str:
     return text
 
 
+def output_file(text: str) -> str:
+    """An output file's path as the file system takes it: not empty, each part at most NAME_MAX bytes."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path names no file")
+    longest = max(len(part.encode()) for part in text.split("/"))
+    if longest > 255 or len(text.encode()) > 4095:
+        raise argparse.ArgumentTypeError(f"a path of {len(text.encode())} bytes with a {longest}-byte part is longer "
+                                         f"than file systems allow (255 bytes a part, 4095 in all)")
+    return text
+
+
 def main(argv=None) -> None:
     from common.cli import Parser  # a usage error is one line
+
+    guard_console()  # `| head`, a full disk or an ASCII-only console end no comparison in a traceback
 
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", nargs="*", help="folders holding run folders at any depth (default: your own runs, "
@@ -73,13 +87,13 @@ def main(argv=None) -> None:
     p.add_argument("--baseline", type=parse_baseline, metavar="FIELD=VALUE",
                    help="the row each difference is measured from, e.g. lr=0.001 (default: the row nearest the "
                         "script's own recipe)")
-    p.add_argument("--figure", help="where to write the validation-accuracy figure, F.png (default: "
+    p.add_argument("--figure", type=output_file, help="where to write the validation-accuracy figure, F.png (default: "
                                     "compare_val_accuracy.png inside the compared folder); per swept field also "
                                     "F_FIELD.png beside it (default: compare_FIELD.png), per factorial design "
                                     "F_effects.png (with --block effects: F.png itself)")
     p.add_argument("--no-figures", action="store_true", help="write no figure")
-    p.add_argument("--json", help="also write the table as JSON (numbers as numbers, each row's run folders)")
-    p.add_argument("--readme", help="replace the text between a block's markers in this file (see --block)")
+    p.add_argument("--json", type=output_file, help="also write the table as JSON (numbers as numbers, each row's run folders)")
+    p.add_argument("--readme", type=output_file, help="replace the text between a block's markers in this file (see --block)")
     p.add_argument("--block", default="compare", type=block_name,
                    help="which block --readme fills, between <!-- NAME:start --> and <!-- NAME:end -->: 'results' "
                         "gets each script's own recipe beside the report's figures, 'effects' the main-effects "

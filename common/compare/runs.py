@@ -30,12 +30,12 @@ def read_run(run_dir: str) -> Run:
         return Run(run_dir, "not started (no train.json)", record)
     try:
         train = runfolder.read_train(run_dir)
-        if train["status"] != runfolder.COMPLETED:
-            return Run(run_dir, train["status"], record, train)
+        if not runfolder.is_complete(run_dir):  # test.json is written last: without it the run is not done
+            status = runfolder.status(run_dir)
+            return Run(run_dir, "killed while testing (resume it)" if train["status"] == runfolder.COMPLETED
+                       else status, record, train)
         if len(train["epochs"]) != record.recipe.epochs:
             return Run(run_dir, "damaged: train.json's epochs do not match config.json", record, train)
-        if not runfolder.is_complete(run_dir):
-            return Run(run_dir, "no test.json (stopped while testing?)", record, train)
         return Run(run_dir, runfolder.COMPLETED, record, train, runfolder.read_test(run_dir))
     except UserError as e:
         return Run(run_dir, f"damaged: {first_line(e)}", record)

@@ -27,19 +27,27 @@ from common.errors import UserError
 STOP_WAIT_S = 120  # a member stops within seconds of SIGTERM; past this it is killed
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the launcher dies, however it dies (Linux)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+def _die_with(launcher: int):
+    """In the child, before exec: SIGTERM when the launcher dies, however it dies (Linux). A launcher
+    gone between the fork and this call sends nothing, so the child checks that it is still there."""
+    def set_up() -> None:
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+        if os.getppid() != launcher:
+            os._exit(128 + signal.SIGTERM)  # orphaned before it started: never train unwatched
+    return set_up
 
 
 def start_member(the_plan: plan.Plan, member: plan.Member, threads: int) -> subprocess.Popen:
-    """`python -m common.plans.member`: its console goes to its log.txt; an error before that reaches ours."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1", **{LOG_INTERVAL_ENV: "5"})
+    """`python -m common.plans.member`: its console goes to its log.txt; an error before that reaches ours.
+    It is told the launcher's PID (stopping.LAUNCHER_ENV) and stops once its parent is another process."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1",
+               **{LOG_INTERVAL_ENV: "5", stopping.LAUNCHER_ENV: str(os.getpid())})
     return subprocess.Popen([sys.executable, "-m", "common.plans.member", the_plan.folder, member.id], cwd=REPO_ROOT,
-                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            preexec_fn=_die_with(os.getpid()))
 
 
 def run_parallel(the_plan: plan.Plan, members: list) -> list:

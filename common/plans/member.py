@@ -14,6 +14,9 @@ it exits 0, 1, 128 + signal, or runfolder.BUSY_EXIT when another process holds i
 """
 from __future__ import annotations
 
+from common.stopping import MEMBER_SIGNALS, stop_while_starting
+stop_while_starting(__name__, MEMBER_SIGNALS)  # python -m common.plans.member: before torch loads
+
 import contextlib
 import os
 import signal
@@ -25,9 +28,8 @@ from common.config import to_dict
 from common.console import output_to
 from common.devices import request_huge_pages
 from common.errors import UserError
-from common.stopping import STOP_SIGNALS, Stopped, exit_decided, stop_on_signals
+from common.stopping import Stopped, exit_decided, launcher_pid, stop_on_signals
 
-MEMBER_SIGNALS = STOP_SIGNALS + (signal.SIGUSR2,)  # Slurm's time-out warning stops a member too
 
 
 def run_member(the_plan: plan.Plan, member: plan.Member, log: bool = False, when_stopped=lambda: "") -> plan.Outcome:
@@ -49,8 +51,8 @@ def run_member(the_plan: plan.Plan, member: plan.Member, log: bool = False, when
         if not the_plan.kept or runfolder.status(member.run_dir) != runfolder.FAILED:
             raise  # a lone run's error is the command's; one before training would stop every member alike
     finally:
-        if created and os.path.isdir(member.run_dir) and not os.listdir(member.run_dir):
-            os.rmdir(member.run_dir)  # stopped or refused before anything was written
+        if created:
+            runfolder.remove_if_unused(member.run_dir)  # stopped or refused before anything was written
     return plan.outcome(member)
 
 
@@ -112,7 +114,7 @@ def main(argv: list) -> None:
     if len(argv) != 2:
         sys.exit("usage: python -m common.plans.member PLAN_DIR MEMBER_ID")
     request_huge_pages()
-    stop_on_signals(MEMBER_SIGNALS, parent=os.getppid())
+    stop_on_signals(MEMBER_SIGNALS, parent=launcher_pid())  # gone already: check() stops it
     try:
         result = run_alone(*argv)
     except UserError as e:

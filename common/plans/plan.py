@@ -178,9 +178,23 @@ def read_plan(folder: str) -> Plan:
 def _member(folder: str, raw: dict, path: str) -> Member:
     if raw["dataset"] not in runfolder.DATASET_FOLDERS or not isinstance(raw["id"], str):
         raise ValueError(f"member {raw.get('id')!r} names no dataset")
+    if not is_member_id(raw["id"], raw["dataset"]):
+        raise ValueError(f"member id {raw['id']!r} is not a run folder this plan can own (DATASET_FOLDER/NAME, or "
+                         f"../../DATASET_FOLDER/NAME for an unnamed plan's runs beside it): refused, so that no "
+                         f"plan writes outside its experiment's folder")
     recipe = from_dict(Recipe, raw["recipe"], f"{path}: member {raw['id']}")[0]
     options = from_dict(Options, raw["options"], f"{path}: member {raw['id']}")[0]
     return Member(raw["id"], raw["dataset"], recipe, options, os.path.normpath(os.path.join(folder, raw["id"])))
+
+
+def is_member_id(member_id: str, dataset: str) -> bool:
+    """What make_plan writes: DATASET_FOLDER/NAME under the plan's folder (a named plan) or
+    ../../DATASET_FOLDER/NAME (an unnamed plan, whose runs sit beside a lone run's), NAME one plain part."""
+    parts = member_id.split("/")
+    if parts[:2] == ["..", ".."]:
+        parts = parts[2:]
+    return (len(parts) == 2 and parts[0] == runfolder.DATASET_FOLDERS[dataset] and parts[1] not in ("", ".", "..")
+            and "\\" not in parts[1] and "\0" not in parts[1])
 
 
 def same_members(a: Plan, b: Plan) -> bool:

@@ -25,8 +25,8 @@ from common import REPO_ROOT, runfolder
 from common.cli import resume_command
 from common.plans import plan
 from common.errors import UserError, first_line
-from common.plans.member import MEMBER_SIGNALS, run_alone
-from common.stopping import Stopped, stop_on_signals
+from common.plans.member import run_alone
+from common.stopping import MEMBER_SIGNALS, Stopped, stop_on_signals
 
 try:
     from submitit.helpers import Checkpointable

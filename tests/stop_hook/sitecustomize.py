@@ -7,9 +7,13 @@ process a stop signal (STOP_HOOK_SIGNAL, default SIGTERM) at an awkward moment, 
     weakref     from inside a weakref callback at the same moment
     load        while the data set loads, before the run folder exists
     train_json  while the first epoch's train.json is being written
+    test_json   right after test.json is written (the run is complete; train.json not yet rewritten)
+    testing     while the test set is predicted (STOP_HOOK_SIGNAL=SIGKILL: killed mid-test)
+    lock        the moment a run folder's lock is taken (inside runfolder.locked), before anything is written
 
 STOP_HOOK_SKIP=N lets the first N such moments pass (a plan's later member in one process).
 """
+import fcntl
 import gc
 import os
 import signal
@@ -68,9 +72,28 @@ def _install():
     def write_json(path, obj):
         if HOW == "train_json" and path.endswith("train.json") and obj.get("epochs_done") == 1 and once():
             _send()
-        return real_json(path, obj)
+        result = real_json(path, obj)
+        if HOW == "test_json" and path.endswith("test.json") and once():
+            _send()
+        return result
+
+    real_predict = experiment.predict
+
+    def predict(*args, **kwargs):
+        if HOW == "testing" and kwargs.get("desc") == "test" and once():
+            _send()
+        return real_predict(*args, **kwargs)
+
+    real_lockf = fcntl.lockf
+
+    def lockf(fd, command, *args):
+        result = real_lockf(fd, command, *args)
+        if HOW == "lock" and command & fcntl.LOCK_EX and once():
+            _send()  # inside runfolder.locked, the lock file just made and locked
+        return result
 
     plots.plot_curves, experiment.load_data, runfolder.write_json = curves, load, write_json
+    experiment.predict, fcntl.lockf = predict, lockf
 
 
 if HOW:
