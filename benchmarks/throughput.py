@@ -5,7 +5,8 @@ For each experiment's model at its input size:
   (b) ours       common.train.train_one_epoch: uint8 data on the device, batched augmentation
   (c) report-style torchvision transforms on PIL images through a DataLoader (the report's pipeline)
   (d) eval       common.train.predict against an inference-only floor at the eval batch size
-and, with --compile, (b) with torch.compile (compile time reported apart).
+and, with --compile, (b) with torch.compile (compile time reported apart). On a CPU in fp32;
+each precision x layout is benchmarks/precision.py's.
 Rounds alternate a, b, c so that a busy machine slows all of them alike; medians are reported.
 
     python -m benchmarks.throughput              # EX-1..EX-4 on a GPU; EX-1 and EX-2 on a CPU (a few minutes)
@@ -34,8 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from common import REPO_ROOT, provenance, runfolder  # noqa: E402
 from common.augment import Preprocess, crop_flip, crop_padding, resize_like_pil, sample_crop_flip  # noqa: E402
 from common.config import Options, Recipe, from_dict  # noqa: E402
-from common.devices import (amp_dtype, autocast, memory_format, request_huge_pages, select_device,  # noqa: E402
-                            use_channels_last)
+from common.devices import (Numerics, autocast, choose_numerics, memory_format, request_huge_pages,  # noqa: E402
+                            select_device)
 from common.models import MODELS, build_model  # noqa: E402
 from common.optimizers import build_optimizer  # noqa: E402
 from common.train import predict, train_one_epoch  # noqa: E402
@@ -139,7 +140,9 @@ class Bench:
 def make_bench(name: str, args, device) -> Bench:
     recipe = script_recipe(name)
     batch = recipe.batch_size
-    channels_last = use_channels_last(device, MODELS[recipe.model].cpu_channels_last)  # the layout training uses
+    entry = MODELS[recipe.model]
+    numerics = choose_numerics(device, "fp32" if device.type == "cpu" else "auto", entry.cpu_layout, None)
+    channels_last = numerics.channels_last  # the fp32 layout training uses on a CPU (bf16: benchmarks/precision.py)
     torch.manual_seed(0)
     model = build_model(recipe.model, 10, recipe.image_size, False).to(device, memory_format=memory_format(channels_last))
     optimizer = build_optimizer(recipe.optimizer, model.parameters(), recipe.lr, recipe.weight_decay)
@@ -147,7 +150,7 @@ def make_bench(name: str, args, device) -> Bench:
     plain = Preprocess(recipe.image_size, recipe.mean, recipe.std, device, channels_last)
     probe = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, generator=g).to(device)
     x, y = plain(probe), torch.randint(0, 10, (batch,), generator=g).to(device)
-    dtype = amp_dtype(device, True)
+    dtype = numerics.dtype
     floor_steps(model, optimizer, x, y, 1, dtype, device)
     per_step = _timed(lambda: floor_steps(model, optimizer, x, y, 2, dtype, device), device) / 2
     # Steps per measurement: at least --steps, and at least --seconds of work at the floor's speed,
@@ -220,7 +223,7 @@ def measure_evaluation(b: Bench, args) -> tuple:
 
 
 def measure_other_layout(b: Bench, args) -> list:
-    """The CPU floor in the other memory layout (the question behind a model entry's cpu_channels_last)."""
+    """The CPU floor in the other memory layout (the question behind a model entry's cpu_layout)."""
     other = torch.contiguous_format if b.channels_last else torch.channels_last
     b.model.to(memory_format=other)
     x_other = b.x.contiguous(memory_format=other)
@@ -366,7 +369,7 @@ def main(argv=None):
     args.seconds = args.seconds if args.seconds is not None else (1.0 if args.quick else 1.5)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    env = provenance.environment(device, amp=True)
+    env = provenance.environment(device, Numerics("fp32" if device.type == "cpu" else "bf16", "nchw", "benchmark"))
     print(f"device: {device} ({env.get('gpu', env['cpu'])}), torch {torch.__version__}, threads {torch.get_num_threads()}")
     results = []
     for name in args.experiments:

@@ -1,6 +1,6 @@
 """The command line of every ex_N.py, generated from common.config's declarations.
 
-Each declared field is a flag (`--batch-size`, `--no-amp`, `--mean 0.5,0.5,0.5`) whose help
+Each declared field is a flag (`--batch-size`, `--no-pretrained`, `--mean 0.5,0.5,0.5`) whose help
 gives its unit and this script's default, and whose value passes the field's rule; argparse
 knows "not given" from "given". `resolve` is the one place where the command line, the
 --smoke rules, the repo-relative defaults and --resume meet.

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields
 from typing import Callable
 
 from common.augment import AUGMENTATIONS
+from common.devices import PRECISIONS
 from common.errors import UserError
 from common.models import MODELS
 from common.optimizers import OPTIMIZERS, weight_decay_help
@@ -196,8 +197,10 @@ class Options:
     eval_batch_size: int = knob(1024, "images per evaluation batch", _positive(), "images",
                                 changes_results=False)
     compile: bool = knob(False, "torch.compile the model (slower start, faster steps)", of_type(bool))
-    amp: bool = knob(True, "mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler)",
-                     of_type(bool))
+    precision: str = knob("auto", "the arithmetic: auto (CUDA: bf16 where supported, else fp16 with a grad "
+                                  "scaler; a CPU: bf16 where it has native bf16 and the model's entry says bf16 "
+                                  "pays, else fp32), fp32, bf16 (on a CPU without native bf16: emulated, slow), "
+                                  "fp16 (CUDA)", choice(PRECISIONS))
     weights: str | None = knob(None, "a local state dict to start from instead of random or downloaded weights",
                                of_type(str, optional=True))
     smoke: bool = knob(False, f"tiny synthetic data in the official formats, {SMOKE_EPOCHS} epochs and batch "

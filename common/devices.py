@@ -1,4 +1,4 @@
-"""Where the work runs: device choice, mixed precision, memory layout, huge pages, a description.
+"""Where the work runs: device choice, precision and memory layout, huge pages, a description.
 
 Small helpers that the training loop and the run folder share; the reasons live here, the
 measurements behind them in README's Performance section.
@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import platform
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 
 import torch
 
@@ -67,21 +68,82 @@ def request_huge_pages() -> None:
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
-def amp_dtype(device: torch.device, enabled: bool):
-    """bf16 autocast where the GPU supports it, fp16 (with a grad scaler) on older GPUs, none on CPU."""
-    if not enabled or device.type != "cuda":
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # None: no autocast
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # config.json's environment.precision
+LAYOUTS = ("nchw", "channels_last")
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """What a run's arithmetic runs in and the memory layout of its tensors, with the reason for them."""
+    precision: str      # fp32, bf16 or fp16 (autocast)
+    layout: str         # nchw or channels_last
+    reason: str         # a few words for the header: why this precision here
+
+    @property
+    def dtype(self):
+        return DTYPES[self.precision]
+
+    @property
+    def channels_last(self) -> bool:
+        return self.layout == "channels_last"
+
+
+def native_cpu_bf16() -> bool:
+    """torch's own check for bf16 arithmetic in hardware (avx512_bf16 or AMX): elsewhere bf16 is emulated, many times slower."""
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    return bool(torch.cpu._is_avx512_bf16_supported() or amx())
+
+
+def choose_numerics(device: torch.device, asked: str, cpu_layout: str, cpu_bf16_layout: str | None) -> Numerics:
+    """--precision resolved for this device and model. `cpu_layout`: the model's fp32 layout on a CPU;
+    `cpu_bf16_layout`: its bf16 layout where bf16 pays on a CPU (None: it does not). On CUDA: bf16 where
+    supported, else fp16 with a grad scaler, channels_last (tensor cores); MPS: fp32."""
+    if device.type == "cuda":
+        if asked == "fp32":
+            return Numerics("fp32", "channels_last", "asked for")
+        if asked == "bf16" and not torch.cuda.is_bf16_supported():
+            raise UserError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bf16; use fp16 or auto")
+        precision = asked if asked != "auto" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return Numerics(precision, "channels_last", "asked for" if asked != "auto" else "auto: CUDA autocast")
+    if asked == "fp16":
+        raise UserError(f"--precision fp16 is for CUDA GPUs (with a grad scaler); on {device.type} use bf16 or fp32")
+    if device.type != "cpu":
+        if asked == "bf16":
+            raise UserError(f"--precision bf16 is not supported on {device.type} here; use fp32 or auto")
+        return Numerics("fp32", "nchw", "auto: fp32 on MPS" if asked == "auto" else "asked for")
+    if asked == "fp32":
+        return Numerics("fp32", cpu_layout, "asked for")
+    if asked == "bf16":
+        return Numerics("bf16", cpu_bf16_layout or cpu_layout,
+                        "asked for" if native_cpu_bf16() else "asked for; emulated: this CPU has no native bf16, slow")
+    if not native_cpu_bf16():
+        return Numerics("fp32", cpu_layout, "auto: this CPU has no native bf16")
+    if cpu_bf16_layout is None:
+        return Numerics("fp32", cpu_layout, "auto: bf16 does not pay for this model on a CPU")
+    return Numerics("bf16", cpu_bf16_layout, "auto: native bf16 on this CPU")
+
+
+def recorded_numerics(environment: dict, device: torch.device, cpu_layout: str) -> Numerics | None:
+    """The numerics a run started with (config.json's environment), which its resume keeps whatever
+    `auto` would choose now; None where the run recorded no precision. A run from before layouts were
+    recorded ran fp32 in its model's fp32 layout on a CPU, channels_last on CUDA."""
+    name = {v: k for k, v in DTYPE_NAMES.items()}.get(environment.get("precision"))
+    if name is None:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    layout = environment.get("layout")
+    if layout not in LAYOUTS:
+        layout = "channels_last" if device.type == "cuda" else cpu_layout if device.type == "cpu" else "nchw"
+    if device.type == "cpu" and name == "bf16" and not native_cpu_bf16():
+        return Numerics(name, layout, "kept from the run's start; emulated here: this CPU has no native bf16, slow")
+    if device.type != "cuda" and name == "fp16":
+        raise UserError("this run trained in fp16 on a CUDA GPU: resume it on one (--device cuda)")
+    return Numerics(name, layout, "kept from the run's start")
 
 
 def autocast(device: torch.device, dtype):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-
-
-def use_channels_last(device: torch.device, cpu_channels_last: bool) -> bool:
-    """channels_last is the layout tensor cores want on CUDA; on a CPU it depends on the model
-    (its entry's cpu_channels_last, from the benchmark)."""
-    return device.type == "cuda" or (device.type == "cpu" and cpu_channels_last)
 
 
 def memory_format(channels_last: bool):

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import io
 import os
+import sys
 import time
 
 import torch
@@ -26,7 +27,8 @@ from common.cli import resume_command
 from common.config import SMOKE_SIZES, Options, Recipe, batch_size_problem, data_folder, header_words, is_resolved, knobs, to_dict
 from common.data import (SPECS, CifarData, fingerprint, load_cifar, make_synthetic, stratified_split,
                          stratified_subset)
-from common.devices import amp_dtype, describe, memory_explained, memory_format, select_device, use_channels_last
+from common.devices import (Numerics, choose_numerics, describe, memory_explained, memory_format, recorded_numerics,
+                            select_device)
 from common.errors import Diverged, UserError, first_line
 from common.files import remove_stale_temp_files
 from common.metrics import classification_metrics
@@ -48,7 +50,7 @@ class Session:
     train_idx: torch.Tensor
     val_idx: torch.Tensor
     device: torch.device
-    dtype: object
+    numerics: Numerics     # precision and layout, with the reason
     state: checkpoints.TrainingState
     step_model: torch.nn.Module
     preprocess: Preprocess
@@ -160,16 +162,32 @@ def prepare(experiment: str, recipe: Recipe, options: Options, dataset: str, rec
     torch.manual_seed(options.seed)
     model = build_model(recipe.model, len(data.classes), recipe.image_size, recipe.pretrained, options.weights)
     summary = model_summary(model, recipe.image_size)
-    channels_last = use_channels_last(device, MODELS[recipe.model].cpu_channels_last)
-    model = model.to(device, memory_format=memory_format(channels_last))
-    dtype = amp_dtype(device, options.amp)
+    numerics = run_numerics(device, options.precision, MODELS[recipe.model], record)
+    model = model.to(device, memory_format=memory_format(numerics.channels_last))
     state = checkpoints.TrainingState(model, build_optimizer(recipe.optimizer, model.parameters(), recipe.lr,
                                                            recipe.weight_decay),
-                                    torch.amp.GradScaler("cuda") if dtype == torch.float16 else None)
-    preprocess = Preprocess(recipe.image_size, recipe.mean, recipe.std, device, channels_last, recipe.augment)
-    return Session(experiment, recipe, options, dataset, data, train_idx, val_idx, device, dtype, state,
+                                    torch.amp.GradScaler("cuda") if numerics.precision == "fp16" else None)
+    preprocess = Preprocess(recipe.image_size, recipe.mean, recipe.std, device, numerics.channels_last, recipe.augment)
+    return Session(experiment, recipe, options, dataset, data, train_idx, val_idx, device, numerics, state,
                    _step_model(model, device, options.compile), preprocess, data.train_x.to(device),
                    data.train_y.to(device), summary)
+
+
+def run_numerics(device: torch.device, asked: str, entry, record=None) -> Numerics:
+    """The precision and layout: a resumed run's own (on the device type it started on), else --precision
+    resolved for this device and model; bf16 emulated on this CPU is said once, on stderr."""
+    started_on = str(record.environment.get("device", "")).split(":")[0] if record is not None else None
+    numerics = recorded_numerics(record.environment, device, entry.cpu_layout) \
+        if started_on == device.type else None
+    numerics = numerics or choose_numerics(device, asked, entry.cpu_layout, entry.cpu_bf16_layout)
+    if "emulated" in numerics.reason and not _WARNED:
+        _WARNED.append("emulated bf16")
+        print("warning: bf16 on this CPU is emulated (no avx512_bf16 or AMX): many times slower than fp32; "
+              "--precision fp32 or auto avoids it", file=sys.stderr, flush=True)
+    return numerics
+
+
+_WARNED: list = []  # warnings given by this process (once each, for every member of an inline plan)
 
 
 def load_data(recipe: Recipe, options: Options, dataset: str) -> CifarData:
@@ -198,7 +216,7 @@ def _write_new_run(s: Session, run_dir: str, script_recipe: Recipe) -> None:
     data = {"folder": os.path.abspath(os.path.join(folder, spec.folder)), "test_file_sha256": fingerprint(spec, folder),
             "synthetic": s.options.smoke}
     runfolder.write_json(runfolder.path(run_dir, runfolder.CONFIG), runfolder.config_record(
-        s.experiment, s.dataset, s.recipe, s.options, script_recipe, REPO_ROOT, s.device,
+        s.experiment, s.dataset, s.recipe, s.options, script_recipe, REPO_ROOT, s.device, s.numerics,
         count_parameters(s.state.model), s.data.classes, data, s.split, distributed.world_size()))
     runfolder.write_text(run_dir, runfolder.SUMMARY, s.summary + "\n")
     _save(s, run_dir, improved=False)
@@ -244,9 +262,9 @@ def fit(s: Session, run_dir: str, writer=None) -> None:
         train = train_one_epoch(s.step_model, state.optimizer, s.images, s.labels, s.train_idx,
                                 preprocess=s.preprocess, batch_size=recipe.batch_size // distributed.world_size(),
                                 generator=torch.Generator().manual_seed(epoch_seed(s.options.seed, epoch)),
-                                lrs=lrs, dtype=s.dtype, scaler=state.scaler,
+                                lrs=lrs, dtype=s.numerics.dtype, scaler=state.scaler,
                                 desc=f"{s.tag} epoch {epoch + 1}/{recipe.epochs}")
-        val = evaluate(state.model, s.images, s.labels, s.val_idx, s.preprocess, s.options.eval_batch_size, s.dtype)
+        val = evaluate(state.model, s.images, s.labels, s.val_idx, s.preprocess, s.options.eval_batch_size, s.numerics.dtype)
         if not (torch.isfinite(torch.tensor(train["loss"])) and torch.isfinite(torch.tensor(val["loss"]))):
             raise Diverged(f"the loss became {train['loss']} in epoch {epoch + 1}; stopped. last.pth "
                             f"keeps epoch {epoch}; try a lower --lr")
@@ -306,7 +324,8 @@ def print_header(s: Session, run_dir: str) -> None:
     words = header_words(s.recipe)
     words[0] = f"{words[0]} ({count_parameters(s.state.model):,} parameters)"
     split = s.split
-    print(f"{s.tag} | {describe(s.device)}\n"
+    n = s.numerics
+    print(f"{s.tag} | {describe(s.device)} | {n.precision}, {n.layout} ({n.reason})\n"
           f"  data:   {split['train']:,} train / {split['val']:,} validation / {split['test']:,} test images"
           f"{' (synthetic, --smoke)' if s.options.smoke else ''}\n"
           f"  recipe: {', '.join(words)}\n"
@@ -335,7 +354,7 @@ def evaluate_best_checkpoint(s: Session, run_dir: str, writer=None) -> dict:
     load_state(s.state.model, best["model"], runfolder.path(run_dir, runfolder.BEST), "model")
     test_images = s.data.test_x.to(s.device)
     start = time.perf_counter()
-    logits = predict(s.state.model, test_images, None, s.preprocess, s.options.eval_batch_size, s.dtype, desc="test")
+    logits = predict(s.state.model, test_images, None, s.preprocess, s.options.eval_batch_size, s.numerics.dtype, desc="test")
     seconds = time.perf_counter() - start
     metrics = classification_metrics(logits, s.data.test_y, s.data.classes)
     result = {"experiment": s.experiment, "checkpoint": runfolder.BEST, "checkpoint_epoch": best["epoch"],
@@ -363,7 +382,7 @@ TTA_KEYS = ("accuracy", "loss", "top5_accuracy", "precision", "recall", "f1", "a
 
 def tta_metrics(s: Session, test_images: torch.Tensor, probs: torch.Tensor) -> dict:
     """Mean of the softmax over each image and its mirror image; reported beside the plain metrics."""
-    flipped = predict(s.state.model, test_images, None, s.preprocess, s.options.eval_batch_size, s.dtype, flip=True,
+    flipped = predict(s.state.model, test_images, None, s.preprocess, s.options.eval_batch_size, s.numerics.dtype, flip=True,
                       desc="tta")
     tta = classification_metrics(((probs + torch.softmax(flipped, 1)) / 2).log(), s.data.test_y, s.data.classes)
     return {"method": "mean softmax of identity and horizontal flip", **{k: tta[k] for k in TTA_KEYS}}

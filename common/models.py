@@ -137,9 +137,11 @@ class ModelEntry:
     build: Callable  # (num_classes, image_size, state dict or None, its source) -> nn.Module
     normalization: tuple  # (mean, std) per channel for inputs in [0, 1], unless the recipe gives its own
     smoke_data: str       # "small" or "tiny": the --smoke data set (common.data.SMOKE_SIZES)
-    cpu_channels_last: bool  # the memory layout the benchmark found faster on a CPU (docs/performance.md)
+    cpu_layout: str       # nchw or channels_last: the fp32 layout the benchmark found faster on a CPU
     min_image_size: int = 8  # px
     weights: PretrainedWeights | None = None
+    cpu_bf16_layout: str | None = None  # the bf16 layout where bf16 pays on a CPU with native bf16 (the
+    #   benchmark, docs/performance.md); None: --precision auto keeps fp32 on a CPU for this model
 
 
 def _plain(cls):
@@ -153,15 +155,18 @@ def _plain(cls):
 
 
 MODELS = {
-    # 5x5 convolutions: contiguous memory is faster on a CPU (benchmark, EX-1)
-    "tutorial_cnn": ModelEntry(_plain(TutorialCNN), CIFAR_HALF, "small", False, 14),
-    # 3x3 convolutions: channels_last is faster on a CPU (benchmark, EX-2)
-    "three_block_cnn": ModelEntry(_plain(ThreeBlockCNN), CIFAR_HALF, "small", True),
-    # 3x3 convolutions like the 3-block CNN's; its CPU layout is not benchmarked
-    "resnet18": ModelEntry(_plain(CifarResNet18), CIFAR_HALF, "tiny", True),
-    # 20M parameters, slow on a CPU: the tiny smoke data keeps its --smoke run short
+    # 5x5 convolutions: contiguous memory is faster on a CPU in fp32 and in bf16 (2.1-2.4x fp32's speed
+    # on an Intel Xeon with AMX, docs/performance.md)
+    "tutorial_cnn": ModelEntry(_plain(TutorialCNN), CIFAR_HALF, "small", "nchw", 14, cpu_bf16_layout="nchw"),
+    # 3x3 convolutions: channels_last is faster on a CPU, in fp32 and bf16 (1.4-2.0x fp32's speed there)
+    "three_block_cnn": ModelEntry(_plain(ThreeBlockCNN), CIFAR_HALF, "small", "channels_last",
+                                  cpu_bf16_layout="channels_last"),
+    # 3x3 convolutions like the 3-block CNN's; its CPU layout is not benchmarked, nor bf16 for it
+    "resnet18": ModelEntry(_plain(CifarResNet18), CIFAR_HALF, "tiny", "channels_last"),
+    # 20M parameters, slow on a CPU: the tiny smoke data keeps its --smoke run short. bf16 is slower
+    # than fp32 on a CPU for it (the Xeon with AMX): auto keeps fp32
     "efficientnet_v2_s": ModelEntry(
-        efficientnet_v2_s, IMAGENET, "tiny", False,
+        efficientnet_v2_s, IMAGENET, "tiny", "nchw",
         weights=PretrainedWeights("https://download.pytorch.org/models/efficientnet_v2_s-dd5fe13b.pth",
                                   "dd5fe13b", 200 * 2**20)),
 }

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import torch
 
-from common.devices import amp_dtype, cpu_model
+from common.devices import DTYPE_NAMES, cpu_model, native_cpu_bf16
 
 
 def git_info(repo_dir: str) -> dict:
@@ -30,7 +30,8 @@ def git_info(repo_dir: str) -> dict:
         return {"commit": None, "dirty": None}
 
 
-def environment(device: torch.device, amp: bool) -> dict:
+def environment(device: torch.device, numerics) -> dict:
+    """Where a run ran; `numerics` (common.devices.Numerics): the precision and layout it ran in."""
     env = {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -43,7 +44,9 @@ def environment(device: torch.device, amp: bool) -> dict:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "precision": str(amp_dtype(device, amp) or torch.float32).removeprefix("torch."),  # what the math ran in
+        "precision": DTYPE_NAMES[numerics.precision],  # what the math ran in: float32, bfloat16 or float16
+        "layout": numerics.layout,  # nchw or channels_last: kept by --resume, whatever `auto` says there
+        "native_cpu_bf16": native_cpu_bf16(),
     }
     if sys.platform.startswith("linux"):  # CPU tensors on huge pages (common.devices.request_huge_pages)
         env["thp_mem_alloc_enable"] = os.environ.get("THP_MEM_ALLOC_ENABLE", "0")

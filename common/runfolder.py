@@ -243,13 +243,13 @@ class RunRecord:
 
 
 def config_record(experiment: str, dataset: str, recipe: Recipe, options: Options, script_recipe: Recipe,
-                  repo_root: str, device, parameters: int, classes: list, data: dict, split: dict,
+                  repo_root: str, device, numerics, parameters: int, classes: list, data: dict, split: dict,
                   processes: int) -> dict:
     """config.json: what ran (the resolved fields and the script's own recipe), where, with which code and data."""
     return {"experiment": experiment, "dataset": dataset, "recipe": to_dict(script_recipe),
             "config": {"experiment": experiment, **to_dict(recipe), **to_dict(options)},
             "command": provenance.command_line(), "git": provenance.git_info(repo_root),
-            "environment": provenance.environment(device, options.amp), "seed": options.seed, "start_time": provenance.now(),
+            "environment": provenance.environment(device, numerics), "seed": options.seed, "start_time": provenance.now(),
             "parameters": parameters, "classes": classes, "data": data, "split": split, "resumes": [],
             "processes": processes}
 

@@ -235,7 +235,7 @@ def test_a_repeated_seed_counts_once_says_which_folder_it_kept_and_any_recipe_fi
     assert f"kept {kept['kept']}" in markdown(rows, runs)
     from common.config import recipe_key_fields
     original = (second / "config.json").read_text()
-    for field, value in (("weight_decay", 0.5), ("augment", "crop_flip"), ("image_size", 64), ("amp", False),
+    for field, value in (("weight_decay", 0.5), ("augment", "crop_flip"), ("image_size", 64), ("precision", "fp32"),
                          ("step_gamma", 0.5)):
         assert field in recipe_key_fields()
         config = json.load(open(second / "config.json"))

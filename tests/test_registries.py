@@ -67,3 +67,11 @@ def test_every_optimizer_lowers_a_loss(name):
         losses.append(loss.item())
     assert losses[-1] < losses[0], name
 
+
+
+def test_every_model_entry_names_valid_cpu_layouts():
+    from common.devices import LAYOUTS as NAMES
+
+    for name, entry in MODELS.items():
+        assert entry.cpu_layout in NAMES, name
+        assert entry.cpu_bf16_layout in NAMES + (None,), name

@@ -54,12 +54,16 @@ def recipe_key(record) -> tuple:
 
 
 def precision_label(record) -> str:
-    """What the arithmetic ran in (config.json's environment); for runs from before it was recorded:
-    float32 on a CPU or without --amp, else CUDA autocast in bf16 or fp16."""
-    if record.environment.get("precision"):
-        return str(record.environment["precision"])
-    on_gpu = str(record.environment.get("device", "cpu")).startswith("cuda")
-    return "autocast (bf16 or float16)" if on_gpu and record.options.amp else "float32"
+    """What the arithmetic ran in and the tensors' memory layout (config.json's environment): runs in
+    bf16 and fp32, or in two layouts, are never averaged together. For runs from before precision was
+    recorded: float32 on a CPU or without --amp, else CUDA autocast in bf16 or fp16."""
+    env = record.environment
+    layout = f", {env['layout']}" if env.get("layout") else ""  # not recorded before layouts were chosen per precision
+    if env.get("precision"):
+        return str(env["precision"]) + layout
+    on_gpu = str(env.get("device", "cpu")).startswith("cuda")
+    amp = (record.raw.get("config") or {}).get("amp", True)
+    return "autocast (bf16 or float16)" if on_gpu and amp else "float32"
 
 
 def threads_label(record) -> str:

@@ -1,0 +1,100 @@
+"""--precision on a CPU: auto is bf16 only where the CPU has native bf16 (torch's check) and the
+model's entry says it pays, fp32 otherwise with the reason in the header; what ran (precision and
+layout) is in config.json and compare's row context, and --resume keeps it whatever the machine it
+resumes on would choose. Torch's check is patched to play either kind of CPU on any machine."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, _quick, only_run, run_metrics
+
+_PATCHED = ("import runpy, sys, torch\n"
+            "torch.cpu._is_avx512_bf16_supported = lambda: {native}\n"
+            "torch.cpu._is_amx_tile_supported = lambda: {native}\n"
+            "sys.argv = [{script!r}] + sys.argv[1:]\n"
+            "runpy.run_path({script!r}, run_name='__main__')\n")
+
+
+def _run(native: bool, *args, script="ex_1.py", popen=False):
+    """The script on a CPU that has (native=True) or lacks native bf16, as torch's own check reports."""
+    path = os.path.join(REPO, script)
+    command = [sys.executable, "-u", "-c", _PATCHED.format(native=native, script=path), *args]
+    if popen:
+        return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def _environment(run_dir):
+    return json.load(open(os.path.join(run_dir, "config.json")))["environment"]
+
+
+@pytest.mark.parametrize("native,script,expected,reason", [
+    (False, "ex_1.py", ("float32", "nchw"), "auto: this CPU has no native bf16"),
+    (True, "ex_1.py", ("bfloat16", "nchw"), "auto: native bf16 on this CPU"),
+    (True, "ex_2.py", ("bfloat16", "channels_last"), "auto: native bf16 on this CPU"),
+    (True, "ex_3.py", ("float32", "nchw"), "auto: bf16 does not pay for this model on a CPU"),
+])
+def test_auto_picks_bf16_only_with_native_support_and_a_model_it_pays_for(smoke_data, tmp_path, native, script,
+                                                                         expected, reason):
+    extra = {"ex_1.py": [], "ex_2.py": ["--image-size", "32"], "ex_3.py": ["--no-pretrained"]}[script]
+    result = _run(native, *_quick(smoke_data, tmp_path, "--epochs", "1", *extra), script=script)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"{expected[0].replace('float32', 'fp32').replace('bfloat16', 'bf16')}, {expected[1]} ({reason})" \
+        in result.stdout, result.stdout[:2000]
+    environment = _environment(only_run(str(tmp_path)))
+    assert (environment["precision"], environment["layout"]) == expected
+    assert environment["native_cpu_bf16"] is native
+
+
+def test_fp32_forces_fp32_on_a_cpu_with_native_bf16(smoke_data, tmp_path):
+    result = _run(True, *_quick(smoke_data, tmp_path, "--epochs", "1", "--precision", "fp32"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _environment(only_run(str(tmp_path)))["precision"] == "float32"
+    assert "fp32, nchw (asked for)" in result.stdout
+
+
+def test_bf16_without_native_support_warns_once_and_runs(smoke_data, tmp_path):
+    result = _run(False, *_quick(smoke_data, tmp_path, "--epochs", "1", "--precision", "bf16", "--seeds", "0,1"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr.count("bf16 on this CPU is emulated") == 1  # two members, one warning
+    assert "emulated: this CPU has no native bf16, slow" in result.stdout
+
+
+def test_fp16_on_a_cpu_is_one_line(smoke_data, tmp_path):
+    result = _run(False, *_quick(smoke_data, tmp_path, "--epochs", "1", "--precision", "fp16"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "--precision fp16 is for CUDA GPUs" in result.stderr
+
+
+def test_a_bf16_run_killed_and_resumed_elsewhere_keeps_bf16_and_ends_like_an_uninterrupted_one(smoke_data, tmp_path):
+    """Started where auto picks bf16; killed after epoch 1; resumed on a CPU whose auto would pick
+    fp32: it goes on in bf16, says so, and ends with the uninterrupted bf16 run's metrics."""
+    args = ["--epochs", "3", "--batch-size", "16"]
+    straight = _run(True, *_quick(smoke_data, tmp_path / "straight", *args))
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    proc = _run(True, *_quick(smoke_data, tmp_path / "killed", *args), popen=True)
+    for line in proc.stdout:
+        if "epoch   1/3" in line:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    run_dir = only_run(str(tmp_path / "killed"))
+    resumed = _run(False, "--resume", run_dir)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "bf16, nchw (kept from the run's start; emulated here" in resumed.stdout
+    assert _environment(run_dir)["precision"] == "bfloat16"
+    assert run_metrics(run_dir) == run_metrics(only_run(str(tmp_path / "straight")))
+
+
+def test_compare_keeps_bf16_and_fp32_runs_in_rows_of_their_own(smoke_data, tmp_path):
+    for native in (False, True):
+        result = _run(native, *_quick(smoke_data, tmp_path / "ex_1", "--epochs", "1"))
+        assert result.returncode == 0, result.stderr[-2000:]
+    compared = subprocess.run([sys.executable, "-m", "common.compare", str(tmp_path), "--no-figures"], cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    assert "· float32, nchw" in compared.stdout and "· bfloat16, nchw" in compared.stdout
