@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import os
 import statistics
 import sys
@@ -29,8 +28,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # python benchmarks/precision.py
 
-from benchmarks.throughput import _timed, script_recipe  # noqa: E402
-from common import provenance, runfolder  # noqa: E402
+from benchmarks.throughput import _timed, script_recipe, write_results  # noqa: E402
+from common import provenance  # noqa: E402
 from common.augment import Preprocess  # noqa: E402
 from common.devices import (DTYPES, LAYOUTS, Numerics, choose_numerics, memory_format, native_cpu_bf16,  # noqa: E402
                             request_huge_pages, select_device)
@@ -153,12 +152,7 @@ def main(argv=None) -> None:
         results.append(bench_case(name, args, device))
         print(markdown_table(results[-1:]).splitlines()[-1], flush=True)
     print("\n" + markdown_table(results))
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"precision-{env['cpu_capability']}-{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    runfolder.write_json(out, {"environment": env, "command": provenance.command_line(), "args": vars(args),
-                               "results": results})
-    print(f"\nwrote {out}")
+    write_results(args.out, f"precision-{env['cpu_capability']}", env, args, results)
 
 
 if __name__ == "__main__":

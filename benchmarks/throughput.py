@@ -385,8 +385,13 @@ def main(argv=None):
             r["floor_small_pages"], r["eval_floor_small_pages"] = floors["floor"], floors["eval_floor"]
     print()
     print(markdown_table(results) if not args.floors_only else "floors only")
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"throughput-{device.type}-{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}.json")
+    write_results(args.out, f"throughput-{device.type}", env, args, results)
+
+
+def write_results(out: str | None, kind: str, env: dict, args, results: list) -> None:
+    """The benchmark's JSON: `out`, or benchmarks/results/KIND-<time>.json; with the machine and the command."""
+    out = out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                              f"{kind}-{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     runfolder.write_json(out, {"environment": env, "command": provenance.command_line(), "args": vars(args),
                                "results": results})

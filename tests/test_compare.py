@@ -75,9 +75,10 @@ def test_compare_table_matches_the_run_folders(seeded_runs, tmp_path):
     text = markdown(rows, runs)
     assert "| ex_1 | 2 of 50 epochs; batch size 32 | 3 (0,1,2) |" in text
     assert "| ex_2 | 1 of 100 epochs; batch size 32; image size 32 | 3 (0,1,2) |" in text
-    threads = json.load(open(first / "config.json"))["environment"]["torch_threads"]
+    env = json.load(open(first / "config.json"))["environment"]
+    threads = env["torch_threads"]  # and the precision this CPU's `auto` chose
     assert (f"· synthetic · {_cpu()} · torch {torch.__version__} · {threads} thread{'s' * (threads != 1)}"
-            f" x 1 process · float32") in text
+            f" x 1 process · {env['precision']}, {env['layout']}") in text
     assert "2000-01-01_00-00-00: interrupted" in text
 
     figure = tmp_path / "val.png"
@@ -106,9 +107,10 @@ def test_runs_on_other_hardware_or_without_pretrained_weights_are_rows_of_their_
     runs, rows = _rows(seeded_runs / "ex_1", *(tmp_path / n / "ex_1" for n in ("gpu", "torch", "scratch")))
     text = markdown(rows, runs)
     changes = "2 of 50 epochs; batch size 32"
-    threads = json.load(open(first / "config.json"))["environment"]["torch_threads"]
+    env = json.load(open(first / "config.json"))["environment"]
+    threads = env["torch_threads"]  # and the precision this CPU's `auto` chose
     assert (f"· synthetic · {_cpu()} · torch {torch.__version__} · {threads} thread{'s' * (threads != 1)}"
-            f" x 1 process · float32") in text
+            f" x 1 process · {env['precision']}, {env['layout']}") in text
     assert "· synthetic · NVIDIA H100 80GB HBM3 · torch" in text and "CUDA 13.0" in text
     assert f"· synthetic · {_cpu()} · torch 2.11.0+cu130 · {threads} thread" in text  # another torch build
     assert f"| ex_1 | {changes} | 3 (0,1,2) |" in text and f"| ex_1 | {changes} | 1 (0) |" in text

@@ -206,14 +206,14 @@ def test_one_seed_a_side_prints_no_p_value(smoke_run, tmp_path, capsys):
 
 def test_thread_counts_and_precisions_make_separate_rows(smoke_run, tmp_path):
     for seed in (0, 1):
-        fabricate(smoke_run, tmp_path / f"one{seed}", seed=seed, threads=1)
-        fabricate(smoke_run, tmp_path / f"two{seed}", seed=seed, threads=2)
+        fabricate(smoke_run, tmp_path / f"one{seed}", seed=seed, threads=1, precision="float32")
+        fabricate(smoke_run, tmp_path / f"two{seed}", seed=seed, threads=2, precision="float32")
         fabricate(smoke_run, tmp_path / f"bf16{seed}", seed=seed, threads=2, precision="bfloat16")
     rows = build_rows(collect([str(tmp_path)]))
     assert sorted(len(r.runs) for r in rows) == [2, 2, 2]
     labels = {(summarize_row(r)["threads"], summarize_row(r)["precision"]) for r in rows}
-    assert labels == {("1 thread x 1 process", "float32"), ("2 threads x 1 process", "float32"),
-                      ("2 threads x 1 process", "bfloat16")}
+    assert labels == {("1 thread x 1 process", "float32, nchw"), ("2 threads x 1 process", "float32, nchw"),
+                      ("2 threads x 1 process", "bfloat16, nchw")}  # the smoke run's layout, recorded
 
 
 def test_the_cpus_vector_isa_makes_separate_rows_and_the_results_cell_takes_the_most_seeds(smoke_run, tmp_path,

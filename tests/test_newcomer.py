@@ -27,18 +27,18 @@ def test_header_says_device_data_recipe_and_folder_before_training(ex1_smoke_run
 
     out, result = ex1_smoke_runs
     text = result.stdout
-    header = re.search(r"ex_1 cifar10 seed 0 \| CPU (.+), (\d+) threads\n"
+    header = re.search(r"ex_1 cifar10 seed 0 \| CPU (.+), (\d+) threads \| (fp32|bf16), (nchw|channels_last) \((.+)\)\n"
                        r"  data:   540 train / 60 validation / 200 test images \(synthetic, --smoke\)\n"
                        r"  recipe: (.+)\n"
                        r"  run folder: (.+)\n", text)
     assert header, text[:2000]
-    run = header.group(4)
+    run = header.group(7)
     assert run.startswith(str(out / "cifar_10"))
     # every declared field that applies is in the recipe line, in declaration order, with the value
     # config.json records (a boolean as one of its two words)
     config = json.load(open(os.path.join(run, "config.json")))["config"]
     recipe = from_dict(Recipe, config, "config.json")[0]
-    words = header.group(3).split(", ")
+    words = header.group(6).split(", ")
     shown = [(name, k) for name, (k, _) in knobs(Recipe).items()
              if config[name] is not None and applies(k, recipe)]
     assert len(words) == len(shown), (words, [n for n, _ in shown])

@@ -304,17 +304,20 @@ def test_a_torchrun_process_killed_leaves_one_line_from_the_other(smoke_data, tm
                                    for line in lines), text[-2000:]
 
 
+def _offline_error_run(tmp_path, prelude: str) -> subprocess.CompletedProcess:
+    """ex_1.py with no data and a closed mirror (an error exit: exit 1, one line), `prelude` run first."""
+    script = os.path.join(REPO, "ex_1.py")
+    argv = [script, "--dataset", "cifar10", "--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "o")]
+    code = ("import atexit, os, runpy, signal, sys\n" + prelude + f"sys.argv = {argv!r}\n"
+            f"runpy.run_path({script!r}, run_name='__main__')\n")
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, CIFAR_MIRROR=f"http://127.0.0.1:{closed_port()}/"))
+
+
 def test_a_sigterm_after_the_error_line_keeps_exit_1_without_a_traceback(tmp_path):
     """What torchrun does to the workers left when one fails: SIGTERM, often while the interpreter
     shuts down. Here the process sends it to itself from its last atexit callback."""
-    script = os.path.join(REPO, "ex_1.py")
-    argv = [script, "--dataset", "cifar10", "--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "o")]
-    code = ("import atexit, os, runpy, signal, sys\n"
-            "atexit.register(lambda: os.kill(os.getpid(), signal.SIGTERM))\n"
-            f"sys.argv = {argv!r}\n"
-            f"runpy.run_path({script!r}, run_name='__main__')\n")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, CIFAR_MIRROR=f"http://127.0.0.1:{closed_port()}/"))
+    result = _offline_error_run(tmp_path, "atexit.register(lambda: os.kill(os.getpid(), signal.SIGTERM))\n")
     _one_error_line(result, "CIFAR_MIRROR")
     assert result.returncode == 1  # the error was printed: the signal changes neither the output nor the code
 
@@ -383,20 +386,13 @@ def test_a_sighup_the_parent_ignores_stays_ignored(smoke_data, tmp_path):
 
 def test_a_stop_during_an_error_exit_prints_the_error_once_and_no_traceback(tmp_path):
     """A SIGTERM while the UserError that ends the command is being handled (before its line is out)."""
-    script = os.path.join(REPO, "ex_1.py")
-    argv = [script, "--dataset", "cifar10", "--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "o")]
-    code = ("import os, runpy, signal, sys\n"
-            f"sys.path.insert(0, {REPO!r})\n"
-            "from common import launch\n"
-            "real = launch._fail\n"
-            "def fail(message):\n"
-            "    os.kill(os.getpid(), signal.SIGTERM)\n"
-            "    for _ in range(100000): pass\n"
-            "    real(message)\n"
-            "launch._fail = fail\n"
-            f"sys.argv = {argv!r}\n"
-            f"runpy.run_path({script!r}, run_name='__main__')\n")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, CIFAR_MIRROR=f"http://127.0.0.1:{closed_port()}/"))
+    result = _offline_error_run(tmp_path, f"sys.path.insert(0, {REPO!r})\n"
+                                          "from common import launch\n"
+                                          "real = launch._fail\n"
+                                          "def fail(message):\n"
+                                          "    os.kill(os.getpid(), signal.SIGTERM)\n"
+                                          "    for _ in range(100000): pass\n"
+                                          "    real(message)\n"
+                                          "launch._fail = fail\n")
     _one_error_line(result, "CIFAR_MIRROR")
     assert result.returncode == 1
