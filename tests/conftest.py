@@ -83,6 +83,13 @@ def run_metrics(run_dir):
             {k: v for k, v in test.items() if k not in TIMING_KEYS})
 
 
+def recorded_dtype(record):
+    """The autocast dtype a run's config.json says it ran in (a CPU with native bf16 trains --smoke in bf16)."""
+    import torch
+
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(record.environment.get("precision"))
+
+
 def only_run(out, folder="cifar_10"):
     (stamp,) = os.listdir(os.path.join(out, folder))
     return os.path.join(out, folder, stamp)

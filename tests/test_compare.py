@@ -13,7 +13,7 @@ from common.compare.rows import build_rows, choose_baselines, summarize_row
 from common.compare.runs import collect
 from common.compare.tables import markdown, markers
 from common.devices import cpu_model
-from tests.conftest import run_script
+from tests.conftest import recorded_dtype, run_script
 
 
 @pytest.fixture(scope="module")
@@ -155,8 +155,9 @@ def test_tta_is_reported_beside_plain_and_differs_only_by_the_flip(tb_tta_run, s
     model = build_model(record.recipe.model, 10, 32, False)
     model.load_state_dict(torch.load(tb_tta_run / "best.pth", weights_only=True)["model"])
     pre = Preprocess(32, record.recipe.mean, record.recipe.std, "cpu")
-    plain = predict(model, data.test_x, None, pre, 256)
-    mirrored = predict(model, data.test_x.flip(3), None, pre, 256)  # flip the images themselves
+    dtype = recorded_dtype(record)
+    plain = predict(model, data.test_x, None, pre, 256, dtype)
+    mirrored = predict(model, data.test_x.flip(3), None, pre, 256, dtype)  # flip the images themselves
     probs = (plain.softmax(1) + mirrored.softmax(1)) / 2
     expected = classification_metrics(probs.log(), data.test_y, data.classes)
     assert test["tta"]["accuracy"] == pytest.approx(expected["accuracy"])

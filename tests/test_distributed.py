@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, recorded_dtype
 
 
 def test_two_process_training_counts_every_test_image_once(smoke_data, tmp_path):
@@ -36,7 +36,8 @@ def test_two_process_training_counts_every_test_image_once(smoke_data, tmp_path)
     data = load_cifar(SPECS["cifar10"], data_folder(record.recipe, record.options), download=False)
     model = build_model(record.recipe.model, 10, 32, False)
     model.load_state_dict(torch.load(run / "best.pth", weights_only=True)["model"])
-    logits = predict(model, data.test_x, None, Preprocess(32, record.recipe.mean, record.recipe.std, "cpu"), 64)
+    logits = predict(model, data.test_x, None, Preprocess(32, record.recipe.mean, record.recipe.std, "cpu"), 64,
+                     recorded_dtype(record))
     single = classification_metrics(logits, data.test_y, data.classes)
     assert test["num_images"] == len(data.test_y)
     assert test["confusion_matrix"] == single["confusion_matrix"]  # same prediction for every image
