@@ -132,7 +132,7 @@ def resolve(experiment: str, script_recipe: Recipe, description: str, argv: list
     recipe = dataclasses.replace(script_recipe, **recipe_given)
     options = dataclasses.replace(Options(), **options_given)
     options = dataclasses.replace(  # absolute: a plan's member or a --resume may start from another folder
-        options, data_dir=os.path.abspath(options.data_dir or os.path.join(repo_root, "data")),
+        options, data_dir=data_root(os.path.abspath(options.data_dir or os.path.join(repo_root, "data"))),
         out=os.path.abspath(options.out or os.path.join(repo_root, experiment + "_smoke" * options.smoke)),
         weights=os.path.abspath(options.weights) if options.weights else None)
     if options.smoke:
@@ -141,6 +141,19 @@ def resolve(experiment: str, script_recipe: Recipe, description: str, argv: list
     _check_launch(parser, launch, given)
     _check_sweep(parser, recipe, options, launch, given)
     return Command(experiment, script_recipe, recipe, options, launch, frozenset(given))
+
+
+def data_root(path: str) -> str:
+    """--data-dir as the folder holding the datasets: an unpacked cifar-10-batches-py/ or cifar-100-python/
+    given itself means the folder around it (where the other dataset is looked for too)."""
+    if not os.path.basename(path).startswith("cifar-"):
+        return path
+    from common.data import SPECS  # torch: only for a path that may be one
+
+    unpacked = {spec.folder: spec for spec in SPECS.values()}.get(os.path.basename(path))
+    if unpacked and os.path.isfile(os.path.join(path, unpacked.test_files[0])):
+        return os.path.dirname(path)
+    return path
 
 
 def _check_launch(parser, launch: Launch, given: dict) -> None:

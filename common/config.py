@@ -25,7 +25,7 @@ from common.devices import PRECISIONS
 from common.errors import UserError
 from common.models import MODELS
 from common.optimizers import OPTIMIZERS, weight_decay_help
-from common.schedules import SCHEDULES
+from common.schedules import SCHEDULES, warmup_schedules
 
 DATASETS = ("cifar10", "cifar100")
 TRAIN_IMAGES = 50_000                  # both CIFARs' official training split
@@ -125,6 +125,12 @@ def knob(default, help: str, rule: Callable, unit: str = "", show: object = "{na
     return field(default=default, metadata={"knob": Knob(help, rule, parse, unit, show, changes_results, when, repeat)})
 
 
+def either(names) -> str:
+    """'a, b or c': a registry's names in words."""
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 def _positive() -> Callable:
     return number(int, 1, 10**9)
 
@@ -146,9 +152,10 @@ class Recipe:
     scheduler: str = knob("none", "learning-rate schedule, by name (common/schedules.py)", choice(SCHEDULES),
                           show="schedule {value}")
     warmup_epochs: int = knob(0, "linear warm-up from 0.1 to 1 of the peak lr, per step, before the schedule "
-                                 "(none, cosine, step)", number(int, 0, 10**9), "epochs",
+                                 f"({', '.join(warmup_schedules())})", number(int, 0, 10**9), "epochs",
                               lambda v: f"{v} warm-up epoch{'s' * (v != 1)}",
-                              when=(lambda r: SCHEDULES[r.scheduler].allows_warmup, "--scheduler none, cosine or step"))
+                              when=(lambda r: SCHEDULES[r.scheduler].allows_warmup,
+                                    f"--scheduler {either(warmup_schedules())}"))
     step_milestones: tuple = knob((0.5, 0.75), "--scheduler step: where the lr drops, as shares of the epochs "
                                                "after warm-up", numbers(float, 0, 1), "shares",
                                   "milestones {value}", when=(lambda r: r.scheduler == "step", "--scheduler step"))

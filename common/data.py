@@ -204,8 +204,9 @@ def download_archive(spec: DatasetSpec, data_dir: str) -> None:
         except UserError as e:
             raise UserError(f"{e}. {spec.name} is not in {os.path.abspath(os.path.join(data_dir, spec.folder))}; "
                             f"ways out: copy {spec.archive} into a folder and give --data-dir FOLDER (it is "
-                            f"md5-checked and unpacked there), set {MIRROR_ENV} to a folder or URL that holds it, "
-                            f"or try the script offline with --smoke") from None
+                            f"md5-checked and unpacked there), or give --data-dir the unpacked {spec.folder}/ "
+                            f"(or the folder holding it), set {MIRROR_ENV} to a folder or URL that holds the "
+                            f"archive, or try the script offline with --smoke") from None
     _unpack(archive, data_dir, spec)
 
 

@@ -74,11 +74,12 @@ class Session:
 
 
 def run(experiment: str, recipe: Recipe, options: Options, dataset: str, run_dir: str | None = None,
-        script_recipe: Recipe | None = None) -> str:
+        script_recipe: Recipe | None = None, queued: tuple = (0, 0)) -> str:
     """Train on the 45k split, pick the best epoch on the 5k validation split, test it once.
 
     run_dir: None for a new timestamped folder under options.out; else this folder (created if
-    missing; one that holds a run already is an error: resume it).
+    missing; one that holds a run already is an error: resume it). queued: (runs, epochs) that
+    will follow this one in this process, for the overall ETA of each epoch line.
     """
     if run_dir and os.path.isfile(runfolder.path(run_dir, runfolder.CONFIG)):
         raise UserError(f"{run_dir} holds a run already; continue it with "
@@ -88,15 +89,15 @@ def run(experiment: str, recipe: Recipe, options: Options, dataset: str, run_dir
     with memory_explained(recipe.batch_size, recipe.image_size):
         session = prepare(experiment, recipe, options, dataset)
     if not distributed.is_main():
-        return _fit_and_test(session, distributed.broadcast(None))
+        return _fit_and_test(session, distributed.broadcast(None), queued)
     folder = run_dir or runfolder.create(os.path.join(options.out, runfolder.DATASET_FOLDERS[dataset]))
     os.makedirs(folder, exist_ok=True)
     runfolder.claim(folder)
     _write_new_run(session, folder, script_recipe or recipe)
-    return _fit_and_test(session, distributed.broadcast(folder))
+    return _fit_and_test(session, distributed.broadcast(folder), queued)
 
 
-def resume(run_dir: str, device: str | None = None) -> str:
+def resume(run_dir: str, device: str | None = None, queued: tuple = (0, 0)) -> str:
     """Continue run_dir from its last.pth with the recipe and options it was started with
     (`device` may differ); the data and the process count must be what they were."""
     record = runfolder.read_config(run_dir)
@@ -122,7 +123,7 @@ def resume(run_dir: str, device: str | None = None) -> str:
         if record.defaulted:
             print(f"  {runfolder.CONFIG} lacks {', '.join(record.defaulted)} (written by an older version): "
                   f"read with their defaults", flush=True)
-        return _fit_and_test(session, run_dir)
+        return _fit_and_test(session, run_dir, queued)
 
 
 @contextlib.contextmanager
@@ -228,14 +229,14 @@ def _save(s: Session, run_dir: str, improved: bool) -> None:
     checkpoints.save_state(run_dir, s.state, s.experiment, s.dataset, config, s.options.save_every, improved)
 
 
-def _fit_and_test(s: Session, run_dir: str) -> str:
+def _fit_and_test(s: Session, run_dir: str, queued: tuple = (0, 0)) -> str:
     """The epoch loop, then the test of best.pth; a stop or failure is recorded in train.json first."""
     writer = tensorboard_writer(run_dir) if s.options.tensorboard and distributed.is_main() else None
     print_header(s, run_dir)
     keep = f"; {runfolder.LAST} keeps every finished epoch: {resume_command(s.experiment, run_dir)} continues it"
     try:
         with memory_explained(s.recipe.batch_size, s.recipe.image_size, then=keep):
-            fit(s, run_dir, writer)
+            fit(s, run_dir, writer, queued)
             evaluate_best_checkpoint(s, run_dir, writer)
         write_train_json(s, run_dir, runfolder.COMPLETED)  # after test.json: completed means tested
     except KeyboardInterrupt:
@@ -252,8 +253,9 @@ def _fit_and_test(s: Session, run_dir: str) -> str:
     return run_dir
 
 
-def fit(s: Session, run_dir: str, writer=None) -> None:
-    """Epochs from where the state is to the recipe's last; after each: checkpoints, train.json, curves."""
+def fit(s: Session, run_dir: str, writer=None, queued: tuple = (0, 0)) -> None:
+    """Epochs from where the state is to the recipe's last; after each: checkpoints, train.json, curves.
+    queued: (runs, epochs) this process runs after this one (the epoch line's overall ETA)."""
     recipe, state = s.recipe, s.state
     steps = steps_per_epoch(len(s.train_idx), recipe.batch_size // distributed.world_size(), distributed.world_size())
     for epoch in range(len(state.history), recipe.epochs):
@@ -276,7 +278,7 @@ def fit(s: Session, run_dir: str, writer=None) -> None:
             _save(s, run_dir, improved)
             write_train_json(s, run_dir, runfolder.RUNNING)
             plot_curves(s, run_dir)
-        log_epoch(s.tag, recipe.epochs, state.history[-1], improved, writer)
+        log_epoch(s.tag, recipe.epochs, state.history[-1], improved, writer, eta(state.history, recipe.epochs, queued))
         stopping.check()  # matplotlib's finalizers may have dropped a stop signal's exception
 
 
@@ -332,7 +334,20 @@ def print_header(s: Session, run_dir: str) -> None:
           f"  run folder: {run_dir}", flush=True)
 
 
-def log_epoch(tag: str, epochs: int, record: dict, improved: bool, writer=None) -> None:
+def eta(history: list, epochs: int, queued: tuple) -> str:
+    """' | ETA 12m30s' for this run, and for all runs still to come in this process, at this run's mean
+    epoch time (the runs after it assumed as fast per epoch; their tests not counted)."""
+    from common.console import duration
+
+    per_epoch = sum(e["epoch_time_s"] for e in history) / len(history)
+    here = per_epoch * (epochs - len(history))
+    runs, later = queued
+    if not runs:
+        return f" | ETA {duration(here)}" if len(history) < epochs else ""
+    return f" | ETA {duration(here)}, all {runs + 1} runs about {duration(here + per_epoch * later)}"
+
+
+def log_epoch(tag: str, epochs: int, record: dict, improved: bool, writer=None, eta_words: str = "") -> None:
     """One console line per epoch, and the same numbers to TensorBoard when asked for."""
     if writer is not None:
         for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy"):
@@ -344,7 +359,7 @@ def log_epoch(tag: str, epochs: int, record: dict, improved: bool, writer=None) 
     print(f"{tag} epoch {record['epoch']:3d}/{epochs}  train loss {record['train_loss']:.4f} acc "
           f"{record['train_accuracy']:.4f} | val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.4f} | "
           f"lr {record['lr']:.2e} | {record['epoch_time_s']:.1f} s, {record['images_per_s']:.0f} img/s"
-          f"{'  *best' if improved else ''}", flush=True)
+          f"{eta_words}{'  *best' if improved else ''}", flush=True)
 
 
 def evaluate_best_checkpoint(s: Session, run_dir: str, writer=None) -> dict:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import sys
 
 from common import REPO_ROOT, distributed, runfolder, stopping
 from common.cli import resolve, resume_command
 from common.plans import command as plan_command
+from common.plans import estimate
 from common.plans import plan
 from common.config import to_dict
 from common.console import guard_console
@@ -31,7 +33,9 @@ def main(recipe, description: str, script_file: str, argv: list | None = None) -
     name = os.path.splitext(os.path.basename(script_file))[0]
     command = resolve(name, recipe, description, argv, REPO_ROOT)  # usage errors exit 2 here
     if command.launch.dry_run:
-        print(json.dumps(dry_run(command), indent=2))
+        planned = dry_run(command)
+        print(json.dumps(planned, indent=2))
+        print(estimate.words(planned["estimate"]), file=sys.stderr, flush=True)  # stdout stays JSON
         return []
     request_huge_pages()  # before the data is loaded
     stopping.stop_on_signals()
@@ -59,13 +63,15 @@ def main(recipe, description: str, script_file: str, argv: list | None = None) -
 def dry_run(command) -> dict:
     """What would run, written nowhere: the first member's resolved recipe, the options and flags, and every
     member with the recipe fields where it differs from that one (a swept model brings its own normalization)."""
-    members = plan.make_plan(command, runfolder.stamp()).members
+    the_plan = plan.make_plan(command, runfolder.stamp())
+    members = the_plan.members
     first = to_dict(members[0].recipe)
     return {"experiment": command.experiment, "recipe": first,
             **{k: to_dict(getattr(command, k)) for k in ("options", "launch")},
             "member_count": len(members),
             "members": [{"id": m.id, "dataset": m.dataset, "seed": m.options.seed, "run_dir": m.run_dir,
-                         "recipe": {k: v for k, v in to_dict(m.recipe).items() if v != first[k]}} for m in members]}
+                         "recipe": {k: v for k, v in to_dict(m.recipe).items() if v != first[k]}} for m in members],
+            "estimate": estimate.estimate(members, plan_command.launcher_settings(the_plan, command), command.options.out)}
 
 
 def _fail(message: str):
@@ -111,6 +117,8 @@ def report(the_plan: plan.Plan, outcomes: list) -> list:
           + (f", {elsewhere} running in another process" if elsewhere else ""), flush=True)
     unfinished = [o for o in outcomes if o.status not in (runfolder.COMPLETED, runfolder.RUNNING)]
     if not unfinished:
+        if list(statuses.values()).count(runfolder.COMPLETED) == len(statuses):
+            print(f"compare them: {compare_command(the_plan)}", flush=True)
         return [m.run_dir for m in the_plan.members]
     failed = [o for o in unfinished if o.status == runfolder.FAILED]
     stopped = [o.member.id for o in unfinished if o.status != runfolder.FAILED]  # a signal or a kill: nothing to fix
@@ -125,6 +133,19 @@ def report(the_plan: plan.Plan, outcomes: list) -> list:
         + ("The rest are done. " if len(unfinished) < len(outcomes) else "")
         + ("" if len(diverged) == len(failed) and not stopped else
            f"{'After a fix, c' if len(failed) > len(diverged) else 'C'}ontinue the plan with: {resume}"))
+
+
+def compare_command(the_plan: plan.Plan) -> str:
+    """python -m common.compare with the plan's folder, or (an unnamed plan, whose runs sit beside lone
+    runs) its members' run folders."""
+    inside = all(m.run_dir.startswith(the_plan.folder + os.sep) for m in the_plan.members)
+    folders = [the_plan.folder] if inside else [m.run_dir for m in the_plan.members]
+    return "python -m common.compare " + " ".join(shlex.quote(_shown(f)) for f in folders)
+
+
+def _shown(path: str) -> str:
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
 
 
 def stop_message(the_plan: plan.Plan | None) -> str:

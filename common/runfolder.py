@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common import provenance
-from common.config import DATASETS, Options, Recipe, from_dict, to_dict
+from common.config import DATASETS, Options, Recipe, from_dict, knobs, to_dict
 from common.errors import UserError, os_reason
 from common.files import FILE_MODE, write_bytes
 
@@ -39,6 +39,25 @@ DATASET_FOLDERS = {"cifar10": "cifar_10", "cifar100": "cifar_100"}
 STATUSES = RUNNING, COMPLETED, INTERRUPTED, FAILED = ("running", "completed", "interrupted", "failed")  # train.json's
 # A run folder's status beside those (status(), common.plans.slurm): its state seen from outside.
 NOT_STARTED, KILLED, DAMAGED, QUEUED = "not started", "killed", "damaged", "queued"
+
+
+def experiment_folders(repo_root: str) -> list:
+    """The user's own runs: every ex_N/ beside the scripts (the shipped ones are under results/)."""
+    import glob
+
+    return sorted(d for d in glob.glob(os.path.join(repo_root, "ex_*"))
+                  if os.path.isdir(d) and re.fullmatch(r"ex_\d+", os.path.basename(d)))
+
+
+def run_folders(root: str) -> list:
+    """Every run folder at or below `root` (a folder holding config.json or train.json), sorted."""
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        if CONFIG in files or TRAIN in files:
+            found.append(folder)
+            subfolders.clear()  # a run folder holds no runs
+        subfolders.sort()
+    return sorted(found)
 
 
 def path(run_dir: str, name: str) -> str:
@@ -274,6 +293,42 @@ def read_config(run_dir: str) -> RunRecord:
     return RunRecord(experiment, raw["dataset"], recipe, options, script_recipe, raw.get("processes", 1),
                      data.get("test_file_sha256"), raw.get("environment", {}), raw.get("git") or {}, raw,
                      tuple(missing_recipe + missing_options))
+
+
+def recipe_changes(record) -> dict:
+    """{field: value} where the run's recipe differs from its script's own (recorded in config.json)."""
+    if record.script_recipe is None:
+        return {}
+    ours, theirs = to_dict(record.recipe), to_dict(record.script_recipe)
+    changes = {name: ours[name] for name in knobs(Recipe) if ours[name] != theirs[name]}
+    if record.options.smoke:
+        changes.pop("pretrained", None)  # --smoke never downloads weights
+    for name, (k, default) in knobs(Options).items():  # options that change the numbers, where not the default
+        if k.changes_results and name not in ("smoke", "weights") and getattr(record.options, name) != default:
+            changes[name] = getattr(record.options, name)
+    return changes
+
+
+def describe_changes(record, changes: dict) -> str:
+    if record.script_recipe is None:
+        return f"{record.recipe.epochs} epochs; recipe not recorded"
+    words = []
+    for name, value in changes.items():
+        if name == "epochs":
+            words.append(f"{value} of {record.script_recipe.epochs} epochs")
+        elif name == "pretrained":
+            words.append("ImageNet weights" if value else "no ImageNet weights")
+        else:
+            words.append(f"{name.replace('_', ' ')} {short(value)}")
+    if record.processes > 1:
+        words.append(f"{record.processes} processes")
+    return "; ".join(words) or "—"
+
+
+def short(value) -> str:
+    if isinstance(value, list):
+        return "/".join(short(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _record_problem(raw: dict, experiment, options: Options) -> str | None:

@@ -51,6 +51,11 @@ SCHEDULES = {
 }
 
 
+def warmup_schedules() -> tuple:
+    """The schedules --warmup-epochs goes with, in registry order (its help and its error name them)."""
+    return tuple(name for name, entry in SCHEDULES.items() if entry.allows_warmup)
+
+
 @dataclass
 class PlateauState:
     """ReduceLROnPlateau's rule (mode min, relative threshold): the lr's scale drops by

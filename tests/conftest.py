@@ -69,6 +69,14 @@ def ex1_smoke_runs(smoke_data, tmp_path_factory):
     return out, result
 
 
+@pytest.fixture(scope="session")
+def smoke_run(ex1_smoke_runs):
+    """The CIFAR-10 run folder of ex1_smoke_runs: the source of compare's fabricated run folders."""
+    out, _ = ex1_smoke_runs
+    (run,) = (out / "cifar_10").iterdir()
+    return run
+
+
 # A 3-epoch smoke run of EX-1 (CIFAR-10): the kill-and-resume tests compare against it.
 ARGS = ["--smoke", "--dataset", "cifar10", "--epochs", "3", "--batch-size", "16", "--save-every", "0"]
 TIMING_KEYS = {"epoch_time_s", "train_time_s", "images_per_s", "test_time_s"}

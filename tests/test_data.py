@@ -140,3 +140,28 @@ def test_cifar100_reads_fine_labels_and_ignores_the_coarse_ones(tmp_path):
     data = load_cifar(SPECS["cifar100"], str(tmp_path), download=False)
     assert data.train_y.tolist() == list(raw["fine_labels"])
     assert len(data.classes) == 100 and data.classes[0] == "class_000"
+
+
+def test_the_unpacked_official_folders_work_offline_with_data_dir(smoke_data, tmp_path):
+    """The offline route without the archive: --data-dir the folder holding cifar-10-batches-py/ and
+    cifar-100-python/, or one of them itself (the other is looked for beside it). Nothing is downloaded."""
+    import json
+    import shutil
+
+    data = tmp_path / "cifar"
+    for spec in SPECS.values():
+        shutil.copytree(os.path.join(smoke_data, "synthetic", "tiny", spec.folder), data / spec.folder)
+    env = {"CIFAR_MIRROR": f"http://127.0.0.1:{closed_port()}/"}  # a download attempt would fail
+    planned = run_script("ex_1.py", "--data-dir", str(data), "--dry-run", env=env, timeout=120)
+    assert planned.returncode == 0 and json.loads(planned.stdout)["options"]["data_dir"] == str(data)
+    out = tmp_path / "o"
+    result = run_script("ex_1.py", "--epochs", "1", "--batch-size", "8", "--data-dir", str(data / "cifar-10-batches-py"),
+                        "--out", str(out), env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "downloading" not in result.stdout
+    for folder, spec in (("cifar_10", SPECS["cifar10"]), ("cifar_100", SPECS["cifar100"])):
+        (stamp,) = os.listdir(out / folder)
+        config = json.load(open(out / folder / stamp / "config.json"))
+        assert config["data"]["folder"] == str(data / spec.folder)
+        assert not config["data"]["synthetic"]
+    assert sorted(os.listdir(data)) == ["cifar-10-batches-py", "cifar-100-python"]  # no archive fetched

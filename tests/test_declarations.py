@@ -48,7 +48,7 @@ def test_a_field_added_to_recipe_reaches_help_config_json_header_compare_key_and
         from common import config
         config.Recipe = dataclasses.make_dataclass("Recipe", [("label_smoothing", float, config.knob(
             0.0, "x", config.number(float, 0, 1)))], bases=(config.Recipe,), frozen=True)
-        from common.compare.rows import describe_changes, recipe_changes
+        from common.runfolder import describe_changes, recipe_changes
         from common.compare.runs import collect
         assert "label_smoothing" in config.recipe_key_fields()
         (run,) = collect([{str(out)!r}])
@@ -137,6 +137,37 @@ def test_run_is_a_library_function_called_twice_in_one_process(smoke_data, tmp_p
         test = json.load(open(os.path.join(folder, "test.json")))
         assert test["experiment"] == "ex_lib" and len(test["per_class"]) == classes
         assert json.load(open(os.path.join(folder, "train.json")))["status"] == "completed"
+
+
+# A schedule added to the registry before the scripts import it: what one entry in common/schedules.py does.
+_WITH_A_NEW_SCHEDULE = textwrap.dedent("""
+    import runpy, sys
+    sys.path.insert(0, {repo!r})
+    from common import schedules
+    schedules.SCHEDULES["linear_decay"] = schedules.ScheduleEntry(lambda t, recipe: 1 - t, per_batch=False,
+                                                                  allows_warmup=True)
+    schedules.SCHEDULES["exp_range"] = schedules.ScheduleEntry(lambda t, recipe: 0.9 ** t, per_batch=True,
+                                                               allows_warmup=False)
+    sys.argv = [{script!r}] + sys.argv[1:]
+    runpy.run_path({script!r}, run_name="__main__")
+""")
+
+
+def test_a_schedule_added_to_the_registry_reaches_the_choices_and_warmups_help_and_error():
+    program = _WITH_A_NEW_SCHEDULE.format(repo=REPO, script=os.path.join(REPO, "ex_1.py"))
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-c", program, *args], cwd=REPO, capture_output=True, text=True,
+                              timeout=120)
+    help_text = " ".join(run("--help").stdout.split())
+    assert "linear_decay" in help_text and "exp_range" in help_text  # --scheduler's choices
+    assert "before the schedule (none, cosine, step, linear_decay)" in help_text  # only those that allow warm-up
+    refused = run("--scheduler", "exp_range", "--warmup-epochs", "2", "--dry-run")
+    assert refused.returncode == 2
+    assert "--warmup-epochs is for --scheduler none, cosine, step or linear_decay only" in refused.stderr
+    accepted = run("--scheduler", "linear_decay", "--warmup-epochs", "2", "--dry-run")
+    assert accepted.returncode == 0, accepted.stderr
+    assert json.loads(accepted.stdout)["recipe"]["warmup_epochs"] == 2
 
 
 def test_registries_are_the_flags_choices():

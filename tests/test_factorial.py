@@ -163,13 +163,6 @@ def fabricate(source, dest, fields=None, seed=0, test=None, val=None, threads=No
     return dest
 
 
-@pytest.fixture(scope="module")
-def smoke_run(ex1_smoke_runs):
-    out, _ = ex1_smoke_runs
-    (run,) = (out / "cifar_10").iterdir()
-    return run
-
-
 def test_compare_prints_main_effects_and_writes_them_to_json_and_a_figure(smoke_run, tmp_path, capsys):
     runs = full_factorial()
     truth = {"model": 0.04, "optimizer": 0.0, "scheduler": 0.01, "augment": 0.06}
@@ -180,6 +173,7 @@ def test_compare_prints_main_effects_and_writes_them_to_json_and_a_figure(smoke_
     compare_main([str(root), "--json", str(tmp_path / "t.json")])
     out = capsys.readouterr().out
     assert "**Main effects**" in out and "| augment | none → crop_flip |" in out
+    assert out.index("**Main effects**") < out.index("| experiment |")  # a factorial's answer first, then its cells
     assert "| model × augment | interaction |" in out  # the interaction that stands out
     (design,) = json.load(open(tmp_path / "t.json"))["designs"]
     effects = {tuple(e["term"]): e for e in design["metrics"]["test_accuracy"]["effects"]}

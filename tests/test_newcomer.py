@@ -229,3 +229,49 @@ def test_library_functions_are_not_named_like_tests():
     for path in common_modules().values():
         names = [n.name for n in ast.walk(ast.parse(open(path).read())) if isinstance(n, ast.FunctionDef)]
         assert not [n for n in names if n.startswith("test")], path
+
+
+def test_a_plan_shows_overall_eta_then_the_compare_command_and_dry_run_estimates_from_its_epochs(smoke_data,
+                                                                                                 tmp_path):
+    from common.plans.estimate import measured_runs
+    from tests.conftest import _quick
+
+    out = tmp_path / "out"
+    result = run_script("ex_1.py", *_quick(smoke_data, out, "--epochs", "2", "--seeds", "0,1", "--name", "p"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    first, second = [line for line in result.stdout.splitlines() if " epoch " in line and "ETA" in line][:4:2]
+    assert "seed 0 epoch   1/2" in first and "all 2 runs about" in first  # the run's ETA, then the plan's
+    assert "seed 1 epoch   1/2" in second and "all" not in second  # the last run: its own ETA alone
+    assert result.stdout.rstrip().splitlines()[-1] == f"compare them: python -m common.compare {out / 'sweeps' / 'p'}"
+
+    planned = run_script("ex_1.py", *_quick(smoke_data, out, "--epochs", "3", "--seeds", "0,1", "--name", "q",
+                                            "--dry-run"))
+    assert planned.returncode == 0, planned.stderr
+    found = json.loads(planned.stdout)["estimate"]
+    (matches,) = measured_runs([str(out)]).values()  # both seeds' runs: one recipe, one machine
+    per_image = sorted(spi for spi, _, _ in matches)
+    expected = 2 * 3 * matches[0][1] * (per_image[0] + per_image[1]) / 2  # 2 members x 3 epochs, the median
+    assert found["members_estimated"] == 2 and found["seconds"] == pytest.approx(expected)
+    assert "estimated time: about" in planned.stderr
+    elsewhere = run_script("ex_1.py", *_quick(smoke_data, tmp_path / "new", "--model", "three_block_cnn", "--dry-run"))
+    assert json.loads(elsewhere.stdout)["estimate"]["seconds"] is None
+    assert "not known yet" in elsewhere.stderr
+
+
+def test_the_overview_lists_plans_and_runs_and_ends_quietly_in_a_closed_pipe(smoke_data, ex1_smoke_runs, tmp_path):
+    out, _ = ex1_smoke_runs
+    listed = subprocess.run([sys.executable, "-m", "common.plans", str(out)], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    runs = [line for line in listed.stdout.splitlines() if line.startswith("  completed")]
+    assert runs and all(re.search(r"test [01]\.\d{4} +train \d+m\d\ds +\S*cifar_10", line) for line in runs), listed.stdout
+    (run,) = (out / "cifar_10").iterdir()
+    for i in range(1000):  # more lines than a pipe holds: the listing is still writing when head exits
+        copy = tmp_path / "many" / f"run_{i:04d}"
+        copy.mkdir(parents=True)
+        for name in ("config.json", "train.json", "test.json"):
+            shutil.copy(run / name, copy / name)
+    piped = subprocess.run(f"{sys.executable} -m common.plans {tmp_path / 'many'} | head -1", shell=True, cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0 and "Traceback" not in piped.stderr and "Error" not in piped.stderr, piped.stderr
+    assert len(piped.stdout.splitlines()) == 1

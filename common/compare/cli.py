@@ -16,8 +16,13 @@ from, a `*` marking a run started from a modified tree.
 Per row: n seeds, the best validation accuracy (the selection metric) and the test accuracy,
 each as mean and 95% confidence interval (Student t over seeds), and the differences from the
 baseline row (the row nearest the script's own recipe, or --baseline FIELD=VALUE) in both,
-with 95% intervals, p-values (Welch's t over seeds) Holm-adjusted over the table's tests,
-and the smallest test difference the two rows' n and spread detect with 80% power. One seed
+with 95% intervals, p-values (Welch's t over seeds) Holm-adjusted over the table's tests (the
+raw p beside), the smallest test difference the two rows' n and spread detect with 80% power,
+and the seeds per arm a Welch test needs for 80% power at the table's level for the observed
+difference (or --effect), from the rows' spread as a pilot. "±" is always a 95% CI half-width.
+A row whose runs were still improving when they stopped is marked ↑ (common.compare.rows.
+still_improving), and its table says that more epochs may change the answer. Tables that differ
+in one thing only (threads, precision, hardware, ...) are said to, with how to match them. One seed
 on a side gets no p-value (it cannot separate a recipe from its seed; --json keeps an exact
 McNemar test of the two networks, labelled as such). Incomplete, failed or damaged runs are
 listed apart and never averaged.
@@ -32,7 +37,6 @@ Figures go inside the compared folder. Nothing tracked by git is rewritten unles
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import re
 import sys
@@ -48,15 +52,24 @@ from common.console import guard_console
 from common.errors import UserError
 
 
-def write_json_summary(path: str, rows: list, runs: list, found: list) -> None:
-    runfolder.write_json(path, {"rows": table_summaries(rows), "designs": [design_json(d) for d in found],
+def write_json_summary(path: str, rows: list, runs: list, found: list, effect: float | None = None) -> None:
+    runfolder.write_json(path, {"rows": table_summaries(rows, effect), "designs": [design_json(d) for d in found],
                                 "incomplete": [{"dir": r.dir, "status": r.status} for r in runs if not r.complete]})
 
 
 def default_paths() -> list:
-    """The user's own runs: every ex_N/ beside the scripts (the shipped ones are under results/)."""
-    return sorted(d for d in glob.glob(os.path.join(REPO_ROOT, "ex_*"))
-                  if os.path.isdir(d) and re.fullmatch(r"ex_\d+", os.path.basename(d)))
+    return runfolder.experiment_folders(REPO_ROOT)
+
+
+def accuracy_difference(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < abs(value) <= 1:
+        raise argparse.ArgumentTypeError(f"an accuracy difference is a share in (0, 1], e.g. 0.01 for one point, "
+                                         f"got {text}")
+    return value
 
 
 def block_name(text: str) -> str:
@@ -91,6 +104,9 @@ def main(argv=None) -> None:
                                     "compare_val_accuracy.png inside the compared folder); per swept field also "
                                     "F_FIELD.png beside it (default: compare_FIELD.png), per factorial design "
                                     "F_effects.png (with --block effects: F.png itself)")
+    p.add_argument("--effect", type=accuracy_difference, metavar="DELTA",
+                   help="the test-accuracy difference (e.g. 0.01: one point) the 'seeds per arm for 80%% power' "
+                        "column is for (default: each row's observed difference from its baseline)")
     p.add_argument("--no-figures", action="store_true", help="write no figure")
     p.add_argument("--json", type=output_file, help="also write the table as JSON (numbers as numbers, each row's run folders)")
     p.add_argument("--readme", type=output_file, help="replace the text between a block's markers in this file (see --block)")
@@ -122,10 +138,10 @@ def report(paths: list, args) -> None:
     if args.block == EFFECTS_BLOCK and not found:
         raise UserError(f"--block {EFFECTS_BLOCK}: the compared runs form no two-level factorial design (two or "
                         "more recipe fields at two values each, balanced)")
-    text = markdown(rows, runs, found)
+    text = markdown(rows, runs, found, args.effect)
     print(text)
     if args.json:
-        write_json_summary(args.json, rows, runs, found)
+        write_json_summary(args.json, rows, runs, found, args.effect)
     shown = reference_rows(rows) if args.block == RESULTS_BLOCK else rows  # the figures behind the block
     if shown and not args.no_figures:
         for written in write_figures(shown, found if args.block != RESULTS_BLOCK else [], args.figure, paths,

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.compare import factorial
-from common.compare.rows import context_line, differing_fields, getattr_any, metric_value, short, summarize_row
+from common.runfolder import short
+from common.compare.rows import (context_line, differing_fields, getattr_any, is_still_improving, metric_value,
+                                 summarize_row)
 
 EFFECT_METRICS = (("test_accuracy", "test acc"), ("val_accuracy", "best val acc"))
 
@@ -22,6 +24,7 @@ class Design:
     seeds: list
     values: dict            # {metric: per-run values, in settings' order}
     fits: dict              # {metric: factorial.Fit}
+    improving: tuple = (0, 0)  # (cells marked still improving, cells)
 
 
 def designs(rows: list) -> list:
@@ -39,7 +42,8 @@ def designs(rows: list) -> list:
         fits = {metric: factorial.fit(factors, settings, values[metric]) for metric, _ in EFFECT_METRICS}
         if all(fits.values()):
             found.append(Design(context, summarize_row(members[0]), factors, settings, len(members),
-                                sorted({run.record.options.seed for run in runs}), values, fits))
+                                sorted({run.record.options.seed for run in runs}), values, fits,
+                                (sum(map(is_still_improving, members)), len(members))))
     return found
 
 
@@ -86,8 +90,12 @@ def effects_markdown(design: Design) -> str:
                   "first, averaged over the other fields; an interaction is half the change of one field's effect "
                   "across the other's values. p: t-test of each term, Holm-adjusted over the "
                   f"{len(test_fit.effects)} terms of each metric. Detectable: the smallest true effect this design "
-                  "finds with 80% power at 0.05."
+                  "finds with 80% power at 0.05, unadjusted."
                   + (f" The other {hidden} interactions are not distinguishable from zero." if hidden > 0 else "")]
+    marked, cells = design.improving
+    if marked:
+        lines += ["", f"{marked} of {cells} cells were still improving when their runs stopped (marked ↑ in "
+                      "compare's row tables): more epochs may change these effects."]
     return "\n".join(lines) + "\n"
 
 

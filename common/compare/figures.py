@@ -9,7 +9,8 @@ from typing import Callable
 
 from common.compare import factorial
 from common.compare.designs import EFFECT_METRICS, Design
-from common.compare.rows import differing_fields, getattr_any, short, summarize_row
+from common.runfolder import short
+from common.compare.rows import differing_fields, getattr_any, summarize_row
 from common.errors import UserError, os_reason
 from common.plots import integer_epoch_axis, save_figure  # before pyplot: it sets the Agg backend
 

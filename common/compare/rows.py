@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from common import runfolder
 from common.compare import stats
 from common.compare.runs import Run
 from common.config import Options, Recipe, boolean, knobs, recipe_key_fields, to_dict
+from common.runfolder import describe_changes, recipe_changes
 from common.errors import UserError
 from common.models import MODELS
 
@@ -79,42 +81,6 @@ def context_key(run: Run) -> tuple:
             r.processes, threads_label(r), precision_label(r))
 
 
-def recipe_changes(record) -> dict:
-    """{field: value} where the run's recipe differs from its script's own (recorded in config.json)."""
-    if record.script_recipe is None:
-        return {}
-    ours, theirs = to_dict(record.recipe), to_dict(record.script_recipe)
-    changes = {name: ours[name] for name in knobs(Recipe) if ours[name] != theirs[name]}
-    if record.options.smoke:
-        changes.pop("pretrained", None)  # --smoke never downloads weights
-    for name, (k, default) in knobs(Options).items():  # options that change the numbers, where not the default
-        if k.changes_results and name not in ("smoke", "weights") and getattr(record.options, name) != default:
-            changes[name] = getattr(record.options, name)
-    return changes
-
-
-def describe_changes(record, changes: dict) -> str:
-    if record.script_recipe is None:
-        return f"{record.recipe.epochs} epochs; recipe not recorded"
-    words = []
-    for name, value in changes.items():
-        if name == "epochs":
-            words.append(f"{value} of {record.script_recipe.epochs} epochs")
-        elif name == "pretrained":
-            words.append("ImageNet weights" if value else "no ImageNet weights")
-        else:
-            words.append(f"{name.replace('_', ' ')} {short(value)}")
-    if record.processes > 1:
-        words.append(f"{record.processes} processes")
-    return "; ".join(words) or "—"
-
-
-def short(value) -> str:
-    if isinstance(value, list):
-        return "/".join(short(v) for v in value)
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
 # --- rows ------------------------------------------------------------------------------------------
 
 @dataclass
@@ -147,6 +113,33 @@ def metric_value(run: Run, metric: str):
         from common.metrics import hard_label_auc
         value = hard_label_auc(run.test["confusion_matrix"]) if "confusion_matrix" in run.test else None
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+RECENT_SHARE, RECENT_MIN = 1 / 3, 4  # the window of last epochs in which a still-rising curve shows
+RISING_T = 2.0                       # its least-squares slope's t (slope / its standard error) above this: rising
+
+
+def still_improving(val_accuracies: list) -> bool:
+    """Whether a run had not settled when it stopped: its best validation accuracy came in its last epoch,
+    or over its last third of epochs (at least 4) the validation accuracy still rises beyond its own
+    epoch-to-epoch noise (least-squares slope more than RISING_T standard errors above zero)."""
+    n = len(val_accuracies)
+    if n and val_accuracies.index(max(val_accuracies)) == n - 1:
+        return True
+    window = val_accuracies[-max(RECENT_MIN, math.ceil(RECENT_SHARE * n)):]
+    if len(window) < 3:
+        return False
+    slope, _, _, _, se = stats.linear_trend(window)
+    return bool(slope > 0 and (se == 0 or slope / se > RISING_T))
+
+
+def improving_runs(row) -> int:
+    return sum(still_improving([e["val_accuracy"] for e in run.train["epochs"]]) for run in row.runs)
+
+
+def is_still_improving(row) -> bool:
+    """A row whose runs, half of them or more, were still improving at their last epoch (marked ↑)."""
+    return 2 * improving_runs(row) >= len(row.runs)
 
 
 def build_rows(runs: list) -> list:
@@ -238,7 +231,8 @@ def summarize_row(row: Row) -> dict:
            "data": row.context[2], "hardware": row.context[3], "software": row.context[4],
            "processes": row.context[5], "threads": row.context[6], "precision": row.context[7], "n": len(row.runs), "seeds": [r.record.options.seed for r in row.runs],
            "runs": [r.dir for r in row.runs], "duplicates": row.duplicates, "code": code_versions(row),
-           "parameters": row.record.raw.get("parameters")}
+           "parameters": row.record.raw.get("parameters"),
+           "still_improving": {"runs": improving_runs(row), "of": len(row.runs), "marked": is_still_improving(row)}}
     for metric in METRICS:
         values = row.values(metric)
         if values:
@@ -268,7 +262,7 @@ def baseline_differences(row: Row) -> dict:
         a, b = row.values(metric), base.values(metric)
         d = stats.difference(a, b)
         out[metric] = {"difference": d.estimate, "ci95": [d.low, d.high], "p": d.p_value, "p_holm": d.p_value,
-                       "test": d.test, "detectable_80": stats.detectable_difference(a, b)}
+                       "test": d.test, "detectable_80": stats.detectable_difference(a, b), "seeds_needed": None}
     if len(row.runs) == 1 and len(base.runs) == 1:
         out["networks"] = networks_test(row.runs[0], base.runs[0])
     return out
@@ -283,8 +277,10 @@ def networks_test(run: Run, base: Run) -> dict | None:
     return {"difference": d.estimate, "p": d.p_value, "test": "exact McNemar: these two networks, not their recipes"}
 
 
-def table_summaries(rows: list) -> list:
-    """summarize_row for each row, with p_holm: Holm's adjustment over every p-value of its table."""
+def table_summaries(rows: list, effect: float | None = None) -> list:
+    """summarize_row for each row, with p_holm: Holm's adjustment over every p-value of its table, and the
+    seeds per arm a Welch test needs for 80% power at 0.05 / (the table's tests) for `effect` (--effect)
+    or the observed test difference, from the two rows' own spread."""
     summaries = [summarize_row(row) for row in rows]
     by_context = defaultdict(list)
     for row, summary in zip(rows, summaries):
@@ -295,7 +291,20 @@ def table_summaries(rows: list) -> list:
         for test, adjusted in zip(tests, stats.holm([t["p"] for t in tests])):
             test["p_holm"] = adjusted
             test["holm_family"] = len(tests)
+    for row, summary in zip(rows, summaries):
+        test = (summary["vs_baseline"] or {}).get("test_accuracy")
+        if test and test["p"] is not None:
+            test["seeds_needed"] = seeds_for(row, effect if effect is not None else test["difference"],
+                                             test["holm_family"], given=effect is not None)
     return summaries
+
+
+def seeds_for(row: Row, effect: float, family: int, given: bool) -> dict:
+    """{"n", "effect", "alpha", "family", "given"}: seeds per arm for this row against its baseline."""
+    alpha = (1 - stats.LEVEL) / family
+    sds = [statistics.stdev(r.values("test_accuracy")) for r in (row, row.baseline)]
+    return {"n": stats.seeds_needed(*sds, effect, alpha), "effect": effect, "alpha": alpha, "family": family,
+            "given": given}
 
 
 def _correct(run: Run):

@@ -41,21 +41,10 @@ def read_run(run_dir: str) -> Run:
         return Run(run_dir, f"damaged: {first_line(e)}", record)
 
 
-def run_folders(root: str) -> list:
-    """Every run folder at or below `root` (a folder holding config.json or train.json), sorted."""
-    found = []
-    for folder, subfolders, files in os.walk(root):
-        if runfolder.CONFIG in files or runfolder.TRAIN in files:
-            found.append(folder)
-            subfolders.clear()  # a run folder holds no runs
-        subfolders.sort()
-    return sorted(found)
-
-
 def collect(paths: list) -> list:
     runs, seen = [], set()
     for root in paths:
-        for run_dir in run_folders(root):
+        for run_dir in runfolder.run_folders(root):
             if os.path.realpath(run_dir) not in seen:
                 seen.add(os.path.realpath(run_dir))
                 runs.append(read_run(run_dir))

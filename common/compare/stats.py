@@ -129,3 +129,40 @@ def gap(values: list, reference: float, level: float = LEVEL) -> Interval:
     if ours.low is None:
         return Interval(reference - ours.mean, None, None)
     return Interval(reference - ours.mean, reference - ours.high, reference - ours.low)
+
+
+def welch_power(sd_a: float, sd_b: float, n: int, effect: float, alpha: float) -> float:
+    """Power of a two-sided Welch t-test at `alpha` with n runs per arm, for a true difference `effect`
+    between arms with these standard deviations (noncentral t at the Welch-Satterthwaite df)."""
+    va, vb = sd_a ** 2 / n, sd_b ** 2 / n
+    df = (va + vb) ** 2 / (va ** 2 / (n - 1) + vb ** 2 / (n - 1))
+    ncp = abs(effect) / math.sqrt(va + vb)
+    critical = scipy_stats.t.ppf(1 - alpha / 2, df)
+    wrong_side = scipy_stats.nct.cdf(-critical, df, ncp)
+    return float(scipy_stats.nct.sf(critical, df, ncp) + (0.0 if math.isnan(wrong_side) else wrong_side))
+
+
+SEEDS_LIMIT = 10_000
+
+
+def seeds_needed(sd_a: float, sd_b: float, effect: float, alpha: float, power: float = POWER) -> int | None:
+    """The fewest runs per arm (equal arms) with which a Welch t-test at `alpha` finds a true
+    difference `effect` with at least `power`, the spreads taken as the pilot's (Colas et al. 2018,
+    "How many random seeds?"); None for no effect, no spread, or beyond SEEDS_LIMIT."""
+    if not effect or not (sd_a or sd_b):
+        return None
+    low, high = 2, 2
+    while welch_power(sd_a, sd_b, high, effect, alpha) < power:  # doubling, then bisection: power rises with n
+        low, high = high, high * 2
+        if high > SEEDS_LIMIT:
+            return None
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (middle + 1, high) if welch_power(sd_a, sd_b, middle, effect, alpha) < power else (low, middle)
+    return high
+
+
+def linear_trend(values: list) -> tuple:
+    """scipy's least-squares line through (0, values[0]), (1, values[1]), ...: (slope, intercept, r, p, stderr)."""
+    result = scipy_stats.linregress(range(len(values)), values)
+    return result.slope, result.intercept, result.rvalue, result.pvalue, result.stderr

@@ -9,7 +9,7 @@ from common import REPO_ROOT, runfolder
 from common.compare import stats
 from common.compare.reference import REPORT
 from common.compare.designs import effects_markdown
-from common.compare.rows import DATASET_LABELS, Row, context_line, table_summaries
+from common.compare.rows import DATASET_LABELS, Row, context_line, summarize_row, table_summaries
 from common.errors import UserError, first_line
 
 RESULTS_BLOCK, EFFECTS_BLOCK = "results", "effects"   # --block names with their own text
@@ -35,17 +35,21 @@ def _ci(summary: dict | None, digits: int = 4) -> str:
 
 
 def _difference(diff: dict | None) -> tuple:
-    """('+0.0123 [+0.0050, +0.0196]', '0.004') for the table: the difference and its Holm-adjusted p."""
+    """('+0.0123 [+0.0050, +0.0196]', '0.012 (raw 0.004)') for the table: the difference and its p, Holm-adjusted
+    then raw (Holm makes neighbouring p-values equal; the raw one tells them apart)."""
     if not diff:
         return "—", "—"
     low, high = diff["ci95"]
     text = f"{diff['difference']:+.4f}" + (f" [{low:+.4f}, {high:+.4f}]" if low is not None else "")
-    return text, "— (one seed on a side)" if diff["p"] is None else f"{diff['p_holm']:.3g}"
+    return text, "— (one seed on a side)" if diff["p"] is None else f"{diff['p_holm']:.3g} (raw {diff['p']:.3g})"
 
 
 HEADER = ("| experiment | changed from the script's recipe | n (seeds) | best val acc ± 95% CI | test acc ± 95% CI "
           "| Δ val vs baseline [95% CI] | p, val (Holm) | Δ test vs baseline [95% CI] | p, test (Holm) "
-          "| detectable Δ test (80% power) | macro F1 | AUC | best epoch | train time s | code |")
+          "| detectable Δ test (80% power) | seeds per arm for 80% power | macro F1 | AUC | best epoch "
+          "| train time s | code |")
+COLUMNS = HEADER.count("|") - 1
+IMPROVING = "↑"  # beside a row's best epoch: its runs were still improving when they stopped
 
 
 def table_row(row: Row, summary: dict, rows: list) -> str:
@@ -53,43 +57,70 @@ def table_row(row: Row, summary: dict, rows: list) -> str:
     val_diff, val_p = _difference(base["val_accuracy"] if base else None)
     test_diff, test_p = _difference(base["test_accuracy"] if base else None)
     detectable = base["test_accuracy"]["detectable_80"] if base else None
+    seeds = _seeds(base["test_accuracy"]["seeds_needed"]) if base else "—"
     if row.baseline is None and any(r.baseline is row for r in rows):
         val_diff, val_p, test_diff, test_p = "baseline", "", "baseline", ""
+    improving = summary["still_improving"]
+    best_epoch = _ci(summary.get("best_epoch"), 1) + (f" {IMPROVING}" if improving["marked"] else "")
     return (f"| {summary['experiment']} | {summary['changes']} | {summary['n']} "
             f"({','.join(map(str, summary['seeds']))}) | {_ci(summary.get('val_accuracy'))} "
             f"| {_ci(summary.get('test_accuracy'))} | {val_diff} | {val_p} | {test_diff} | {test_p} "
-            f"| {'—' if detectable is None else f'{detectable:.4f}'} | {_ci(summary.get('f1'))} "
-            f"| {_ci(summary.get('auc'))} | {_ci(summary.get('best_epoch'), 1)} "
+            f"| {'—' if detectable is None else f'{detectable:.4f}'} | {seeds} | {_ci(summary.get('f1'))} "
+            f"| {_ci(summary.get('auc'))} | {best_epoch} "
             f"| {_ci(summary.get('train_time_s'), 0)} | {', '.join(summary['code'])} |")
+
+
+def _seeds(needed: dict | None) -> str:
+    if not needed or needed["n"] is None:
+        return "—"
+    return f"{needed['n']} (Δ {needed['effect']:+.4f})"
 
 
 def table_notes(summaries: list) -> list:
     tests = max((s["vs_baseline"][m].get("holm_family", 0) for s in summaries if s["vs_baseline"]
                  for m in ("val_accuracy", "test_accuracy")), default=0)
-    notes = [f"p: Welch's t over seeds, Holm-adjusted over the table's {tests} tests; detectable Δ: the smallest "
-             "true test difference a t-test with the two rows' n and pooled spread finds with 80% power at "
-             "0.05." if tests else "No p-values: a comparison needs two or more seeds on each side."]
+    notes = [f"± is the 95% CI half-width over seeds (the fixed test images' own noise not included). p: Welch's t "
+             f"over seeds, Holm-adjusted over the table's {tests} tests (raw p beside it); brackets: unadjusted "
+             "95% CIs; detectable Δ: the smallest true test difference a t-test with the two rows' n and pooled "
+             "spread finds with 80% power at 0.05, unadjusted." if tests else
+             "± is the 95% CI half-width over seeds. No p-values: a comparison needs two or more seeds on each side."]
+    needed = [s["vs_baseline"]["test_accuracy"]["seeds_needed"] for s in summaries if s["vs_baseline"]]
+    needed = [n for n in needed if n and n["n"] is not None]
+    if needed:
+        notes.append(f"Seeds per arm for 80% power: how many seeds each of the two rows needs for Welch's t to find "
+                     f"the Δ test shown ({'--effect' if needed[0]['given'] else 'the observed difference'}) at "
+                     f"α = {needed[0]['alpha']:.3g} (0.05 over the table's {needed[0]['family']} tests: Holm's "
+                     "strictest step), if the rows' spread is what these seeds show; it rests on a pilot's spread, "
+                     "itself uncertain with so few seeds (Colas et al. 2018).")
+    marked = [s for s in summaries if s["still_improving"]["marked"]]
+    if marked:
+        notes.append(f"{IMPROVING} still improving: in {sum(s['still_improving']['runs'] for s in marked)} of "
+                     f"{sum(s['still_improving']['of'] for s in marked)} runs of the {len(marked)} marked row(s) the "
+                     "best validation accuracy came in the last epoch, or the last third of the epochs still rises "
+                     "(least-squares slope over 2 standard errors). More epochs may change this table's answer.")
     if any(s[m]["n"] <= SMALL_N for s in summaries for m in ("val_accuracy", "test_accuracy") if m in s):
         notes.append(f"† n ≤ {SMALL_N}: a 95% CI from so few seeds spans ±12.7 standard errors or more; it says "
                      "little beyond the values themselves.")
     return notes
 
 
-def markdown(rows: list, runs: list, designs: list | None = None) -> str:
-    """A table per context (dataset, data, hardware, software, threads, precision), its notes, the
-    main effects of any factorial design among its rows, then repeated seeds and incomplete runs."""
+def markdown(rows: list, runs: list, designs: list | None = None, effect: float | None = None) -> str:
+    """The main effects of any factorial design first, then a table per context (dataset, data, hardware,
+    software, threads, precision) with its notes, why tables were not compared, repeated seeds and
+    incomplete runs. effect: --effect, the test difference the seeds-per-arm column is for."""
     out, repeated = [], []
-    summaries = table_summaries(rows)
+    for design in designs or []:
+        out += ["", effects_markdown(design)]
+    summaries = table_summaries(rows, effect)
     for context in dict.fromkeys(row.context for row in rows):
         members = [(row, s) for row, s in zip(rows, summaries) if row.context == context]
-        out += ["", context_line(members[0][1]), "", HEADER, "|" + "---|" * 15]
+        out += ["", context_line(members[0][1]), "", HEADER, "|" + "---|" * COLUMNS]
         out += [table_row(row, summary, rows) for row, summary in members]
         out += [""] + table_notes([s for _, s in members])
         repeated += [f"- {s['experiment']} ({s['changes']}), seed {d['seed']}: kept {display_path(d['kept'])}, "
                      f"not {', '.join(display_path(x) for x in d['dropped'])}" for _, s in members
                      for d in s["duplicates"]]
-    for design in designs or []:
-        out += ["", effects_markdown(design)]
+    out += unmatched_notes(list(dict.fromkeys(row.context for row in rows)))
     if repeated:
         out += ["", "Repeated seeds (each counts once):", *repeated]
     incomplete = [r for r in runs if not r.complete]
@@ -100,6 +131,34 @@ def markdown(rows: list, runs: list, designs: list | None = None) -> str:
         out += ["", "No complete runs found."]
     return "\n".join(out).strip() + "\n"
 
+
+
+CONTEXT_PARTS = ("dataset", "experiment", "data", "hardware", "software", "processes", "threads", "precision")
+WHY_APART = {  # what differs between two tables of one experiment, why they are not compared, how to match them
+    "threads": "a CPU's thread count changes the order of its sums, so the numbers. A lone run uses every core "
+               "(torch's default), a --jobs N member cores / N threads, a Slurm task --slurm-cpus: to match, run "
+               "both the same way, or give the lone run OMP_NUM_THREADS=T (docs/usage.md)",
+    "precision": "bf16 and fp32, or two memory layouts, round differently: run both with one --precision",
+    "hardware": "another CPU model, vector ISA or GPU gives other numbers for the same seed "
+                "(docs/reproducibility.md): run both on one kind of machine",
+    "software": "another torch or CUDA build gives other numbers: run both on one",
+    "data": "their data files differ (the test file's sha256): run both on the same copy",
+    "processes": "another torchrun process count: run both with the same --nproc_per_node",
+}
+
+
+def unmatched_notes(contexts: list) -> list:
+    """A line for each two tables of one dataset and experiment that differ in one thing only: what it is,
+    why their rows were not compared, and how to make runs that can be."""
+    lines = []
+    for i, a in enumerate(contexts):
+        for b in contexts[i + 1:]:
+            differ = [k for k, x, y in zip(CONTEXT_PARTS, a, b) if x != y]
+            if len(differ) == 1 and differ[0] in WHY_APART:
+                k = CONTEXT_PARTS.index(differ[0])
+                lines.append(f"- {DATASET_LABELS[a[0]]} · {a[1]}: the tables with {a[k]} and with {b[k]} differ only "
+                             f"in {differ[0]}, so their rows were not compared: {WHY_APART[differ[0]]}.")
+    return ["", "Not compared with each other:", *lines] if lines else []
 
 
 def reference_rows(rows: list) -> list:
@@ -118,7 +177,7 @@ def headline_rank(row: Row) -> tuple:
 def reference_table(rows: list) -> str:
     """README's results: each script's own recipe (on real data) beside the report's figure, per cell,
     with the gap (report minus our mean) and its 95% CI: our mean's interval, the report's one run fixed."""
-    lines = ["| experiment | dataset | n (seeds) | test acc, mean ± std | 95% CI of the mean | report "
+    lines = ["| experiment | dataset | n (seeds) | test acc, mean ± 95% CI | sd over seeds | report "
              "| gap: report − ours [95% CI] |", "|" + "---|" * 7]
     measured = {}
     for row in reference_rows(rows):
@@ -133,19 +192,13 @@ def reference_table(rows: list) -> str:
                 lines.append(f"{head} 0 | not measured | — | {report['accuracy']:.4f} | — |")
                 continue
             accs = row.values("test_accuracy")
-            ci, gap = stats.mean_ci(accs), stats.gap(accs, report["accuracy"])
+            gap = stats.gap(accs, report["accuracy"])
             lines.append(f"{head} {len(accs)} ({','.join(str(r.record.options.seed) for r in row.runs)}) "
-                         f"| {_mean_std(accs)} | {'—' if ci.low is None else f'[{ci.low:.4f}, {ci.high:.4f}]'} "
+                         f"| {_ci(summarize_row(row)['test_accuracy'])} "
+                         f"| {f'{statistics.stdev(accs):.4f}' if len(accs) > 1 else '—'} "
                          f"| {report['accuracy']:.4f} | {gap.mean:+.4f}"
                          f"{'' if gap.low is None else f' [{gap.low:+.4f}, {gap.high:+.4f}]'} |")
     return "\n".join(lines) + "\n"
-
-
-def _mean_std(values: list) -> str:
-    if not values:
-        return "—"
-    return f"{statistics.fmean(values):.4f}" + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
-
 
 
 def display_path(path: str) -> str:

@@ -32,17 +32,19 @@ from common.stopping import Stopped, exit_decided, launcher_pid, stop_on_signals
 
 
 
-def run_member(the_plan: plan.Plan, member: plan.Member, log: bool = False, when_stopped=lambda: "") -> plan.Outcome:
+def run_member(the_plan: plan.Plan, member: plan.Member, log: bool = False, when_stopped=lambda: "",
+               queued: tuple = (0, 0)) -> plan.Outcome:
     """Run or resume one member under its lock; `log`: its console to log.txt; `when_stopped()`: what
     its log says happens next if a signal stops it. Busy and failures before training propagate
-    for a lone run; for a kept plan, Busy is the outcome RUNNING (another process trains it)."""
+    for a lone run; for a kept plan, Busy is the outcome RUNNING (another process trains it). queued:
+    (runs, epochs) this process runs after it (the epoch lines' overall ETA)."""
     created = not os.path.isdir(member.run_dir)
     os.makedirs(member.run_dir, exist_ok=True)
     try:
         with _lock(member.run_dir), output_to(runfolder.path(member.run_dir, runfolder.LOG) if log else None):
             if log:
                 print(f"=== {member.id} ({runfolder.holder_description()})", flush=True)
-            _run_or_resume(the_plan, member, log, when_stopped)
+            _run_or_resume(the_plan, member, log, when_stopped, queued)
     except runfolder.Busy:
         if not the_plan.kept:
             raise
@@ -61,15 +63,15 @@ def _lock(run_dir: str):
     return runfolder.locked(run_dir) if distributed.is_main() else contextlib.nullcontext()
 
 
-def _run_or_resume(the_plan: plan.Plan, member: plan.Member, log: bool, when_stopped) -> None:
+def _run_or_resume(the_plan: plan.Plan, member: plan.Member, log: bool, when_stopped, queued: tuple) -> None:
     try:
         if os.path.isfile(runfolder.path(member.run_dir, runfolder.CONFIG)):
             if the_plan.kept:
                 check_same_run(member)
-            experiment.resume(member.run_dir, member.options.device)
+            experiment.resume(member.run_dir, member.options.device, queued)
         else:
             experiment.run(the_plan.experiment, member.recipe, member.options, member.dataset, run_dir=member.run_dir,
-                           script_recipe=the_plan.script_recipe)
+                           script_recipe=the_plan.script_recipe, queued=queued)
     except Stopped as e:
         if log:
             print(f"{member.id}: stopped by {signal.Signals(e.signum).name}{when_stopped()}", flush=True)
@@ -96,11 +98,20 @@ def check_same_run(member: plan.Member) -> None:
 def run_inline(the_plan: plan.Plan, members: list) -> list:
     """The inline executor: the members one after another in this process; their Outcomes."""
     outcomes = []
-    for member in members:
-        outcomes.append(run_member(the_plan, member))
+    for i, member in enumerate(members):
+        later = members[i + 1:]
+        outcomes.append(run_member(the_plan, member, queued=(len(later), sum(map(epochs_left, later)))))
         if outcomes[-1].status == runfolder.FAILED:
             print(f"error: {member.id}: {outcomes[-1].error}", file=sys.stderr, flush=True)
     return outcomes
+
+
+def epochs_left(member: plan.Member) -> int:
+    """The member's epochs still to train (all of them before its first, as its train.json says after)."""
+    try:
+        return max(0, member.recipe.epochs - int(runfolder.read_train(member.run_dir)["epochs_done"]))
+    except (UserError, KeyError, TypeError, ValueError):
+        return member.recipe.epochs
 
 
 def run_alone(plan_dir: str, member_id: str, when_stopped=lambda: "") -> plan.Outcome:
