@@ -21,9 +21,10 @@ class TolerantStream:
     """A text stream whose write or flush failure silences it (the fd is pointed at /dev/null,
     so Python's own flush at exit stays quiet too)."""
 
-    def __init__(self, stream, name: str):
+    def __init__(self, stream, name: str, warn: bool = True):
         self._stream = stream
         self._name = name
+        self._warn = warn
         self.broken = False
 
     def write(self, text: str) -> int:
@@ -53,7 +54,7 @@ class TolerantStream:
         except (OSError, ValueError):
             pass
         other = sys.stderr if self._name == "stdout" else sys.stdout
-        if isinstance(other, TolerantStream) and not other.broken:
+        if self._warn and isinstance(other, TolerantStream) and not other.broken:
             why = "the pipe was closed (EPIPE)" if e.errno == errno.EPIPE else os_reason(e)
             other.write(f"warning: standard {'output' if self._name == 'stdout' else 'error'} failed ({why}): "
                         f"training goes on; train.json and test.json say how it went\n")
@@ -63,11 +64,13 @@ class TolerantStream:
         return getattr(self._stream, name)
 
 
-def guard_console() -> None:
+def guard_console(warn: bool = True) -> None:
+    """Both streams tolerant; warn: say on the other stream that training goes on (a run), or stay
+    quiet (a listing or a table whose reader closed the pipe: `| head` wanted only the start)."""
     if not isinstance(sys.stdout, TolerantStream):
-        sys.stdout = TolerantStream(sys.stdout, "stdout")
+        sys.stdout = TolerantStream(sys.stdout, "stdout", warn)
     if not isinstance(sys.stderr, TolerantStream):
-        sys.stderr = TolerantStream(sys.stderr, "stderr")
+        sys.stderr = TolerantStream(sys.stderr, "stderr", warn)
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ from common.metrics import classification_metrics
 from common.models import MODELS, build_model, count_parameters
 from common.torchfiles import load_state
 from common.optimizers import build_optimizer
-from common.train import epoch_seed, evaluate, predict, steps_per_epoch, train_one_epoch
+from common.train import epoch_order, epoch_seed, evaluate, predict, steps_per_epoch, train_one_epoch
 
 
 
@@ -216,12 +216,28 @@ def _write_new_run(s: Session, run_dir: str, script_recipe: Recipe) -> None:
     folder = data_folder(s.recipe, s.options)
     data = {"folder": os.path.abspath(os.path.join(folder, spec.folder)), "test_file_sha256": fingerprint(spec, folder),
             "synthetic": s.options.smoke}
-    runfolder.write_json(runfolder.path(run_dir, runfolder.CONFIG), runfolder.config_record(
+    record = runfolder.config_record(
         s.experiment, s.dataset, s.recipe, s.options, script_recipe, REPO_ROOT, s.device, s.numerics,
-        count_parameters(s.state.model), s.data.classes, data, s.split, distributed.world_size()))
+        count_parameters(s.state.model), s.data.classes, data, s.split, distributed.world_size())
+    runfolder.write_json(runfolder.path(run_dir, runfolder.CONFIG), {**record, "draws": shared_draws(s)})
     runfolder.write_text(run_dir, runfolder.SUMMARY, s.summary + "\n")
     _save(s, run_dir, improved=False)
     write_train_json(s, run_dir, runfolder.RUNNING)
+
+
+def shared_draws(s: Session) -> dict:
+    """Fingerprints of the random draws runs may share (config.json's `draws`): the initial weights
+    (before any step) and epoch 1's data order. Runs with equal fingerprints are not independent
+    replicates of what those draws decide: compare groups them."""
+    import hashlib
+
+    weights = hashlib.sha256()
+    for name, tensor in sorted(s.state.model.state_dict().items()):
+        weights.update(name.encode())
+        weights.update(tensor.detach().cpu().contiguous().numpy().tobytes())  # any memory layout alike
+    order = epoch_order(s.train_idx, torch.Generator().manual_seed(epoch_seed(s.options.seed, 0)))
+    return {"initial_weights_sha256": weights.hexdigest(),
+            "epoch_1_order_sha256": hashlib.sha256(order.numpy().tobytes()).hexdigest()}
 
 
 def _save(s: Session, run_dir: str, improved: bool) -> None:

@@ -61,6 +61,11 @@ def steps_per_epoch(images: int, batch_size: int, world: int = 1) -> int:
     return math.ceil((images - images % world) // world / batch_size)
 
 
+def epoch_order(indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The epoch's shuffled order of `indices` (the generator's first draw: augmentation comes after)."""
+    return indices[torch.randperm(len(indices), generator=generator)]
+
+
 def train_one_epoch(model: nn.Module, optimizer, images: torch.Tensor, labels: torch.Tensor,
                     indices: torch.Tensor, *, preprocess: Preprocess, batch_size: int, generator: torch.Generator,
                     lrs: list | None = None, dtype=None, scaler=None, desc: str = "train") -> dict:
@@ -68,7 +73,7 @@ def train_one_epoch(model: nn.Module, optimizer, images: torch.Tensor, labels: t
     the preprocessing's augmentation drawn from it too; `lrs`: the lr of each step (None: as set)."""
     model.train()
     device = images.device
-    order = indices[torch.randperm(len(indices), generator=generator)].to(device)
+    order = epoch_order(indices, generator).to(device)
     world = distributed.world_size()
     if world > 1:  # every process its own shard of the same shuffled order, and its own augmentations
         order = order[: len(order) - len(order) % world][distributed.rank()::world]

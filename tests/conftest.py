@@ -22,6 +22,14 @@ sys.path.insert(0, REPO)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def pytest_configure(config):
+    """A suite started in the background (`cmd &` in a script: SIGINT ignored; nohup: SIGHUP ignored)
+    would hand those ignored signals to every run it starts, and the scripts keep an ignored signal
+    ignored, as nohup asks. The stop tests send them: the runs start with the default dispositions."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def run_script(script: str, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python ex_N.py ARGS` from the repo root as a user would; never touches the network."""
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))

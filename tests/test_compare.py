@@ -267,3 +267,32 @@ def run_module_compare(*args, cwd=None):
     from tests.conftest import REPO
     return subprocess.run([sys.executable, os.path.join(REPO, "common", "compare"), *args], cwd=cwd or REPO,
                           capture_output=True, text=True, timeout=120)
+
+
+def test_config_json_fingerprints_the_initial_weights_and_the_first_epochs_order(seeded_runs):
+    """The draws runs may share, as facts compare can group by: recomputed here from the seed."""
+    import hashlib
+
+    from common.config import data_folder
+    from common.data import SPECS, load_cifar, stratified_split
+    from common.models import build_model
+    from common.runfolder import read_config
+    from common.train import epoch_order, epoch_seed
+
+    seen = set()
+    for run in sorted((seeded_runs / "ex_1" / "cifar_10").iterdir()):
+        record = read_config(str(run))
+        draws = record.raw["draws"]
+        torch.manual_seed(record.options.seed)
+        model = build_model("tutorial_cnn", 10, 32, False)
+        weights = hashlib.sha256()
+        for name, tensor in sorted(model.state_dict().items()):
+            weights.update(name.encode())
+            weights.update(tensor.contiguous().numpy().tobytes())
+        data = load_cifar(SPECS["cifar10"], data_folder(record.recipe, record.options), download=False)
+        train_idx, _ = stratified_split(data.train_y, record.recipe.val_fraction, record.recipe.split_seed)
+        order = epoch_order(train_idx, torch.Generator().manual_seed(epoch_seed(record.options.seed, 0)))
+        assert draws == {"initial_weights_sha256": weights.hexdigest(),
+                         "epoch_1_order_sha256": hashlib.sha256(order.numpy().tobytes()).hexdigest()}
+        seen.add(tuple(draws.values()))
+    assert len(seen) == 3  # three seeds, three initialisations and orders

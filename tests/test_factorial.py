@@ -242,7 +242,7 @@ def test_of_two_three_seed_rows_the_results_cell_takes_the_one_with_predictions_
         cells = []
         for order in (rows, rows[::-1]):
             (line,) = [x for x in reference_table(order).splitlines() if x.startswith("| ex_1 | CIFAR-10 |")]
-            cells.append([a for a in accuracies if f"| {a:.4f} ± " in line])
+            cells.append([a for a in accuracies if f"| {a:.4f} " in line])  # identical seeds: no ±
         return cells
 
     without = three_seeds("AVX2", 0.70, "2026-12-02T06:24:51+00:00")
@@ -269,6 +269,11 @@ def test_the_results_block_gives_the_gap_to_the_report_with_its_interval(smoke_r
     (line,) = [x for x in table.splitlines() if x.startswith("| ex_1 | CIFAR-10 |")]
     gap = stats.gap(accuracies, REPORT["ex_1"]["cifar10"]["accuracy"])
     assert f"{gap.mean:+.4f} [{gap.low:+.4f}, {gap.high:+.4f}]" in line and "| 3 (0,1,2) |" in line
+    # the report's single run against where one run of ours falls: mean ± t(2 df) s sqrt(1 + 1/3), by hand
+    mean, sd = np.mean(accuracies), np.std(accuracies, ddof=1)
+    half = scipy_stats.t.ppf(0.975, 2) * sd * np.sqrt(1 + 1 / 3)
+    p = 2 * scipy_stats.t.sf(abs(REPORT["ex_1"]["cifar10"]["accuracy"] - mean) / (sd * np.sqrt(1 + 1 / 3)), 2)
+    assert f"| [{mean - half:.4f}, {mean + half:.4f}] | {p:.2g} |" in line
 
 
 README_BLOCKS = {"results": ("README.md", ["results/ex_1"]),
@@ -292,3 +297,101 @@ def test_readme_tables_are_what_compare_makes_of_the_shipped_run_folders(block, 
     made = copy.read_text()
     assert made[len(start) + 1:-len(end) - 1] in readme and readme.count(start) == 1
     assert made.count("|") > 20  # a table, not an empty block
+
+
+def five_factor_half_fraction():
+    """2^(5-1) of resolution V, e = a b c d: 16 cells, one run each; every two-way term estimable."""
+    cells = []
+    for x in itertools.product((-1, 1), repeat=4):
+        cells.append(dict(zip("abcd", x), e=x[0] * x[1] * x[2] * x[3]))
+    return cells
+
+
+def _lettered(cells, order):
+    return [{name: ("lo", "hi")[(cell[name] + 1) // 2] for name in order} for cell in cells]
+
+
+def test_the_fitted_terms_do_not_depend_on_the_order_of_the_fields():
+    """16 runs, 5 main effects and 10 estimable pairs: not all fit, so none does, whatever the order."""
+    coded = five_factor_half_fraction()
+    rng = np.random.default_rng(4)
+    values = [0.6 + 0.01 * c["a"] + 0.008 * c["d"] * c["e"] + rng.normal(0, 0.001) for c in coded]
+    fits = []
+    for order in ("abcde", "edcba", "daebc"):
+        settings = _lettered(coded, order)
+        factors = factorial.find_factors(settings)
+        fits.append(factorial.fit(factors, settings, values))
+    terms = [sorted(tuple(sorted(e.term)) for e in f.effects) for f in fits]
+    assert terms[0] == terms[1] == terms[2] == [(n,) for n in "abcde"]
+    assert all("10 estimable two-way terms" in f.left_out for f in fits)
+    by_term = [{e.term: e.estimate for e in f.effects} for f in fits]
+    assert all(b[("a",)] == pytest.approx(by_term[0][("a",)]) for b in by_term)
+
+
+def test_a_resolution_three_fraction_prints_each_main_effect_with_the_interaction_it_is_aliased_with(
+        smoke_run, tmp_path, capsys):
+    """2^(3-1), c = a b: each main effect equals a two-way interaction; the table says so."""
+    root = tmp_path / "fraction"
+    levels = {"model": LEVELS["model"], "augment": LEVELS["augment"], "optimizer": LEVELS["optimizer"]}
+    i = 0
+    for xa, xb in itertools.product((0, 1), repeat=2):
+        xc = int(xa == xb)  # coded: c = a * b
+        cell = {"model": levels["model"][xa], "augment": levels["augment"][xb], "optimizer": levels["optimizer"][xc]}
+        for seed in (0, 1, 2):
+            fabricate(smoke_run, root / f"run{i}", cell, seed=seed, test=0.6 + 0.01 * xa + 0.001 * seed, val=0.6 + 0.001 * seed)
+            i += 1
+    compare_main([str(root), "--no-figures"])
+    out = capsys.readouterr().out
+    assert "| model = optimizer × augment |" in out and "| augment = model × optimizer |" in out
+    assert "this fraction cannot tell A from B" in out
+
+
+def test_a_missing_run_changes_the_footer_and_zero_spread_gives_no_p_value(smoke_run, tmp_path, capsys):
+    root = tmp_path / "design"
+    for i, (cell, _) in enumerate(full_factorial(seeds=2)):
+        if i != 5:  # one run of one cell missing
+            fabricate(smoke_run, root / f"run{i}", cell, seed=i % 2, test=0.6 + 0.001 * i, val=0.6 + 0.001 * i)
+    compare_main([str(root), "--no-figures"])
+    out = capsys.readouterr().out
+    assert "unbalanced: seeds 0,1 in 15 cells; seeds 0 in 1 cell" in out and "of each cell" not in out
+    flat = tmp_path / "flat"
+    for seed in (0, 1):
+        fabricate(smoke_run, flat / f"a{seed}", seed=seed, test=0.61, val=0.6)
+        fabricate(smoke_run, flat / f"b{seed}", {"lr": 0.003}, seed=seed, test=0.63, val=0.6)
+    compare_main([str(flat), "--no-figures", "--json", str(tmp_path / "flat.json")])
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if "lr 0.003" in line]
+    assert "— (no spread)" in row and "+0.0200 |" in row  # the difference, with no interval and no p
+    (summary,) = [s for s in json.load(open(tmp_path / "flat.json"))["rows"] if s["vs_baseline"]]
+    test = summary["vs_baseline"]["test_accuracy"]
+    assert test["p"] is None and test["ci95"] == [None, None] and test["detectable_80"] is None
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_runs_that_share_initial_weights_are_said_to_and_the_factor_they_confound_is_named(
+        smoke_run, tmp_path, capsys, shared):
+    import hashlib
+
+    root = tmp_path / "design"
+    for i, (cell, _) in enumerate(full_factorial(seeds=2)):
+        run = fabricate(smoke_run, root / f"run{i}", cell, seed=i % 2, test=0.6 + 0.001 * i, val=0.6 + 0.001 * (i * 7 % 5))
+        config = json.load(open(run / "config.json"))
+        start = f"{i % 2}/{cell['model']}" if shared else f"run {i}"  # what the code does: seed and model decide
+        config["draws"] = {"initial_weights_sha256": hashlib.sha256(start.encode()).hexdigest(),
+                           "epoch_1_order_sha256": hashlib.sha256(str(i % 2).encode()).hexdigest()}
+        (run / "config.json").write_text(json.dumps(config))
+    compare_main([str(root), "--no-figures", "--json", str(tmp_path / "t.json")])
+    out = capsys.readouterr().out
+    (design,) = json.load(open(tmp_path / "t.json"))["designs"]
+    if shared:
+        assert "Shared initial weights (config.json's draws): the runs form 4 groups of up to 8" in out
+        assert "and model is constant within each" in out
+        assert design["shared_initial_weights"] == {"groups": 4, "size": 8, "constant": ["model"], "inferred": False}
+    else:
+        assert "Shared initial weights" not in out and design["shared_initial_weights"] is None
+
+
+def test_a_design_with_no_spread_around_its_model_is_not_fitted():
+    runs = full_factorial()
+    values = simulate(runs, {"model": 0.04, "optimizer": 0.0, "scheduler": 0.01, "augment": 0.06}, noise=0.0)
+    factors = factorial.find_factors([c for c, _ in runs[::2]])
+    assert factorial.fit(factors, [c for c, _ in runs], values) is None  # no p = 1e-58, no zero-width interval

@@ -92,7 +92,7 @@ def output_file(text: str) -> str:
 def main(argv=None) -> None:
     from common.cli import Parser  # a usage error is one line
 
-    guard_console()  # `| head`, a full disk or an ASCII-only console end no comparison in a traceback
+    guard_console(warn=False)  # `| head`, a full disk or an ASCII-only console end no comparison in a traceback
 
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", nargs="*", help="folders holding run folders at any depth (default: your own runs, "
@@ -135,7 +135,8 @@ def report(paths: list, args) -> None:
     rows = build_rows(runs)
     choose_baselines(rows, args.baseline)
     found = designs(rows)
-    if args.block == EFFECTS_BLOCK and not found:
+    fitted = [d for d in found if d.fitted]
+    if args.block == EFFECTS_BLOCK and not fitted:
         raise UserError(f"--block {EFFECTS_BLOCK}: the compared runs form no two-level factorial design (two or "
                         "more recipe fields at two values each, balanced)")
     text = markdown(rows, runs, found, args.effect)
@@ -144,11 +145,11 @@ def report(paths: list, args) -> None:
         write_json_summary(args.json, rows, runs, found, args.effect)
     shown = reference_rows(rows) if args.block == RESULTS_BLOCK else rows  # the figures behind the block
     if shown and not args.no_figures:
-        for written in write_figures(shown, found if args.block != RESULTS_BLOCK else [], args.figure, paths,
+        for written in write_figures(shown, fitted if args.block != RESULTS_BLOCK else [], args.figure, paths,
                                      effects_only=args.block == EFFECTS_BLOCK):
             print(f"figure: {written}")
     if args.readme:
         blocks = {RESULTS_BLOCK: lambda: reference_table(rows),
-                  EFFECTS_BLOCK: lambda: "\n".join(effects_markdown(d) for d in found)}
+                  EFFECTS_BLOCK: lambda: "\n".join(effects_markdown(d) for d in fitted)}
         update_readme(args.readme, args.block, blocks.get(args.block, lambda: text)())
 

@@ -8,8 +8,13 @@ stated order (`value_order`: its flag's choices, numbers ascending, off before o
 
 The model, fitted by least squares (numpy) over every run (seeds are replicates):
     accuracy = b0 + sum_i b_i x_i + sum_{i<j} b_ij x_i x_j + noise,
-the two-way terms included only where they are estimable (not aliased with a term already
-in) and leave the residual at least MIN_RESIDUAL_DF degrees of freedom. A field's main
+the two-way terms chosen whatever the order of the fields: a pair whose column equals a main
+effect's (a resolution-III fraction) is not fitted and the main effect is shown with it; pairs
+whose columns equal each other's (resolution IV) are one term, shown with all its names; and
+the estimable terms are fitted all together, or none of them when all would leave fewer than
+MIN_RESIDUAL_DF residual degrees of freedom (said, not chosen by order). Three- and more-way
+interactions are assumed zero; with seeds repeated in cells, a lack-of-fit F test (the residual
+beyond the seeds' own spread) checks that. A field's main
 effect is 2 b_i: the mean at its second value minus the mean at its first, averaged over
 the other fields; an interaction's is 2 b_ij: how much field i's effect grows from field
 j's first value to its second, halved. Each comes with a 95% CI and a p-value from the
@@ -45,7 +50,8 @@ class Effect:
     high: float
     p_value: float
     p_holm: float
-    detectable: float      # smallest true |effect| found with 80% power at 0.05 (fraction)
+    detectable: float      # smallest true |effect| found with 80% power at 0.05, unadjusted (fraction)
+    aliases: tuple = ()    # the terms this one cannot be told from in this design, e.g. (("model", "augment"),)
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,8 @@ class Fit:
     n: int                 # runs
     residual_df: int
     residual_sd: float
+    left_out: str = ""             # why estimable two-way terms were not fitted, if any were not
+    lack_of_fit: tuple | None = None  # (F, df between, df within, p) where seeds repeat in cells
 
 
 def value_order(name: str, values) -> list:
@@ -95,15 +103,55 @@ def code(settings: list, factors: list) -> np.ndarray:
     return np.array([[1.0 if _hashable(s[f.name]) == f.levels[1] else -1.0 for f in factors] for s in settings])
 
 
-def model_terms(coded: np.ndarray, factors: list) -> list:
-    """Main effects, then each two-way interaction that adds a rank and keeps MIN_RESIDUAL_DF."""
-    terms = [(i,) for i in range(len(factors))]
+def model_terms(coded: np.ndarray, factors: list) -> tuple:
+    """(terms, aliases, why some were left out): the main effects, then one term per group of two-way
+    interactions whose columns are equal up to sign, all of them or none; pairs equal to a main
+    effect are not fitted but listed as its aliases. Independent of the factors' order."""
+    mains = [(i,) for i in range(len(factors))]
+    aliases = {term: [] for term in mains}
+    groups = {}   # column (sign-normalised) -> pairs
     for pair in itertools.combinations(range(len(factors)), 2):
-        trial = terms + [pair]
-        matrix = design_matrix(coded, trial)
-        if np.linalg.matrix_rank(matrix) == matrix.shape[1] and len(coded) - matrix.shape[1] >= MIN_RESIDUAL_DF:
-            terms = trial
-    return terms
+        column = _normalised(np.prod(coded[:, list(pair)], axis=1))
+        same_main = [m for m in mains if np.array_equal(_normalised(coded[:, m[0]]), column)]
+        if same_main:
+            aliases[same_main[0]].append(pair)
+        else:
+            groups.setdefault(column.tobytes(), []).append(pair)
+    pairs = []
+    for group in groups.values():
+        pairs.append(group[0])
+        aliases[group[0]] = group[1:]
+    if not pairs:
+        return mains, aliases, ""
+    matrix = design_matrix(coded, mains + pairs)
+    if np.linalg.matrix_rank(matrix) < matrix.shape[1]:
+        return mains, aliases, f"the {len(pairs)} two-way terms are not separable from each other here"
+    if len(coded) - matrix.shape[1] < MIN_RESIDUAL_DF:
+        return mains, aliases, (f"fitting its {len(pairs)} estimable two-way terms would leave fewer than "
+                                f"{MIN_RESIDUAL_DF} residual degrees of freedom, so none was fitted (assumed zero)")
+    return mains + pairs, aliases, ""
+
+
+def _normalised(column: np.ndarray) -> np.ndarray:
+    """A -1/+1 column with its first entry made +1: two columns equal up to sign compare equal."""
+    return column * column[0]
+
+
+def lack_of_fit(x: np.ndarray, y: np.ndarray, coded: np.ndarray) -> tuple | None:
+    """(F, df between, df within, p): the model's residual beyond the spread of runs in the same cell
+    (pure error); None without repeated cells, or with no df left for the omitted terms."""
+    cells = {}
+    for row, value in zip(map(tuple, coded), y):
+        cells.setdefault(row, []).append(value)
+    pure_ss = sum(float(np.sum((np.array(v) - np.mean(v)) ** 2)) for v in cells.values())
+    pure_df = len(y) - len(cells)
+    lack_df = len(cells) - x.shape[1]
+    if pure_df < 1 or lack_df < 1 or pure_ss == 0:
+        return None
+    coefficients, *_ = np.linalg.lstsq(x, y, rcond=None)
+    residual_ss = float(np.sum((y - x @ coefficients) ** 2))
+    f = ((residual_ss - pure_ss) / lack_df) / (pure_ss / pure_df)
+    return float(f), lack_df, pure_df, float(scipy_stats.f.sf(f, lack_df, pure_df))
 
 
 def design_matrix(coded: np.ndarray, terms: list) -> np.ndarray:
@@ -112,9 +160,10 @@ def design_matrix(coded: np.ndarray, terms: list) -> np.ndarray:
 
 
 def fit(factors: list, settings: list, values: list, level: float = stats.LEVEL) -> Fit | None:
-    """The linear model over every run; None when too few runs leave no residual to judge by."""
+    """The linear model over every run; None when too few runs leave no residual to judge by, or
+    the runs have no spread at all around it (no p-value or interval could mean anything)."""
     coded = code(settings, factors)
-    terms = model_terms(coded, factors)
+    terms, aliases, left_out = model_terms(coded, factors)
     x, y = design_matrix(coded, terms), np.asarray(values, dtype=float)
     df = len(y) - x.shape[1]
     if df < 1 or np.linalg.matrix_rank(x) < x.shape[1]:
@@ -122,16 +171,18 @@ def fit(factors: list, settings: list, values: list, level: float = stats.LEVEL)
     coefficients, *_ = np.linalg.lstsq(x, y, rcond=None)
     residual = y - x @ coefficients
     sd = math.sqrt(float(residual @ residual) / df)
+    if sd < 1e-12:
+        return None
     errors = 2 * sd * np.sqrt(np.diag(np.linalg.inv(x.T @ x)))[1:]   # of 2 b: an effect's scale
     estimates = 2 * coefficients[1:]
     t_critical = scipy_stats.t.ppf((1 + level) / 2, df)
-    p_values = [float(2 * scipy_stats.t.sf(abs(e / se), df)) if se > 0 else float(e == 0) for e, se in
-                zip(estimates, errors)]
+    p_values = [float(2 * scipy_stats.t.sf(abs(e / se), df)) for e, se in zip(estimates, errors)]
     power_factor = stats.noncentrality_for_power(df, level)
-    effects = [Effect(tuple(factors[i].name for i in term), float(e), float(e - t_critical * se),
-                      float(e + t_critical * se), p, p_adj, float(power_factor * se))
+    names = lambda term: tuple(factors[i].name for i in term)  # noqa: E731
+    effects = [Effect(names(term), float(e), float(e - t_critical * se), float(e + t_critical * se), p, p_adj,
+                      float(power_factor * se), tuple(names(a) for a in aliases.get(term, ())))
                for term, e, se, p, p_adj in zip(terms, estimates, errors, p_values, stats.holm(p_values))]
-    return Fit(factors, effects, len(y), df, sd)
+    return Fit(factors, effects, len(y), df, sd, left_out, lack_of_fit(x, y, coded))
 
 
 def cell_means(factors: list, settings: list, values: list, pair: tuple) -> dict:

@@ -33,10 +33,11 @@ class Interval:
 
 
 def mean_ci(values: list, level: float = LEVEL) -> Interval:
-    """Mean and its Student-t confidence interval over `values` (n >= 2)."""
+    """Mean and its Student-t confidence interval over `values` (n >= 2 with some spread: identical
+    values give no zero-width interval, which would claim certainty)."""
     n = len(values)
     mean = statistics.fmean(values)
-    if n < 2:
+    if n < 2 or statistics.stdev(values) == 0:
         return Interval(mean, None, None)
     half = scipy_stats.t.ppf((1 + level) / 2, n - 1) * statistics.stdev(values) / math.sqrt(n)
     return Interval(mean, mean - half, mean + half)
@@ -56,7 +57,7 @@ def welch(a: list, b: list, level: float = LEVEL) -> Difference:
     estimate = statistics.fmean(a) - statistics.fmean(b)
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
     if va + vb == 0:
-        return Difference(estimate, estimate, estimate, 0.0 if estimate else 1.0, "Welch's t")
+        return Difference(estimate, None, None, None, NO_SPREAD)
     df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
     half = scipy_stats.t.ppf((1 + level) / 2, df) * math.sqrt(va + vb)
     p = scipy_stats.ttest_ind(a, b, equal_var=False).pvalue
@@ -76,6 +77,7 @@ def mcnemar(correct_a, correct_b) -> Difference:
 
 
 ONE_SEED = "none: one seed on a side has no spread to test two recipes with"
+NO_SPREAD = "none: every seed gave the same value on both sides, so there is no spread to test with"
 
 
 def difference(a: list, b: list) -> Difference:
@@ -119,6 +121,8 @@ def detectable_difference(a: list, b: list, level: float = LEVEL, power: float =
     if len(a) < 2 or len(b) < 2:
         return None
     pooled = math.sqrt(((len(a) - 1) * statistics.variance(a) + (len(b) - 1) * statistics.variance(b)) / df)
+    if pooled == 0:
+        return None  # no spread: nothing to say what a test could find
     return pooled * math.sqrt(1 / len(a) + 1 / len(b)) * noncentrality_for_power(df, level, power)
 
 
@@ -166,3 +170,17 @@ def linear_trend(values: list) -> tuple:
     """scipy's least-squares line through (0, values[0]), (1, values[1]), ...: (slope, intercept, r, p, stderr)."""
     result = scipy_stats.linregress(range(len(values)), values)
     return result.slope, result.intercept, result.rvalue, result.pvalue, result.stderr
+
+
+def prediction(values: list, reference: float, level: float = LEVEL) -> tuple:
+    """(Interval, p): where one more run of ours falls with probability `level` (Student t, n - 1 df,
+    mean ± t s sqrt(1 + 1/n)), and the two-sided p of a single run as far from our mean as `reference`
+    (the report's one run, compared as one run, not as a mean). (None-interval, None) below two values
+    or without spread."""
+    n, mean = len(values), statistics.fmean(values)
+    if n < 2 or statistics.stdev(values) == 0:
+        return Interval(mean, None, None), None
+    scale = statistics.stdev(values) * math.sqrt(1 + 1 / n)
+    half = scipy_stats.t.ppf((1 + level) / 2, n - 1) * scale
+    p = 2 * scipy_stats.t.sf(abs(reference - mean) / scale, n - 1)
+    return Interval(mean, mean - half, mean + half), float(p)

@@ -41,7 +41,9 @@ def _difference(diff: dict | None) -> tuple:
         return "—", "—"
     low, high = diff["ci95"]
     text = f"{diff['difference']:+.4f}" + (f" [{low:+.4f}, {high:+.4f}]" if low is not None else "")
-    return text, "— (one seed on a side)" if diff["p"] is None else f"{diff['p_holm']:.3g} (raw {diff['p']:.3g})"
+    if diff["p"] is None:
+        return text, "— (no spread)" if diff["test"] == stats.NO_SPREAD else "— (one seed on a side)"
+    return text, f"{diff['p_holm']:.3g} (raw {diff['p']:.3g})"
 
 
 HEADER = ("| experiment | changed from the script's recipe | n (seeds) | best val acc ± 95% CI | test acc ± 95% CI "
@@ -110,7 +112,7 @@ def markdown(rows: list, runs: list, designs: list | None = None, effect: float 
     incomplete runs. effect: --effect, the test difference the seeds-per-arm column is for."""
     out, repeated = [], []
     for design in designs or []:
-        out += ["", effects_markdown(design)]
+        out += ["", effects_markdown(design).rstrip()]
     summaries = table_summaries(rows, effect)
     for context in dict.fromkeys(row.context for row in rows):
         members = [(row, s) for row, s in zip(rows, summaries) if row.context == context]
@@ -178,7 +180,8 @@ def reference_table(rows: list) -> str:
     """README's results: each script's own recipe (on real data) beside the report's figure, per cell,
     with the gap (report minus our mean) and its 95% CI: our mean's interval, the report's one run fixed."""
     lines = ["| experiment | dataset | n (seeds) | test acc, mean ± 95% CI | sd over seeds | report "
-             "| gap: report − ours [95% CI] |", "|" + "---|" * 7]
+             "| gap: report − ours [95% CI] | one run of ours, 95% prediction interval | p, report as one run |",
+             "|" + "---|" * 9]
     measured = {}
     for row in reference_rows(rows):
         key = (row.record.experiment, row.record.dataset)
@@ -189,7 +192,7 @@ def reference_table(rows: list) -> str:
             row = measured.get((experiment, dataset))
             head = f"| {experiment} | {DATASET_LABELS[dataset]} |"
             if row is None:
-                lines.append(f"{head} 0 | not measured | — | {report['accuracy']:.4f} | — |")
+                lines.append(f"{head} 0 | not measured | — | {report['accuracy']:.4f} | — | — | — |")
                 continue
             accs = row.values("test_accuracy")
             gap = stats.gap(accs, report["accuracy"])
@@ -197,8 +200,16 @@ def reference_table(rows: list) -> str:
                          f"| {_ci(summarize_row(row)['test_accuracy'])} "
                          f"| {f'{statistics.stdev(accs):.4f}' if len(accs) > 1 else '—'} "
                          f"| {report['accuracy']:.4f} | {gap.mean:+.4f}"
-                         f"{'' if gap.low is None else f' [{gap.low:+.4f}, {gap.high:+.4f}]'} |")
+                         f"{'' if gap.low is None else f' [{gap.low:+.4f}, {gap.high:+.4f}]'} | {_prediction(accs, report)}")
     return "\n".join(lines) + "\n"
+
+
+def _prediction(values: list, report: dict) -> str:
+    """'[0.6574, 0.7298] | 0.08 |': where one run of ours falls, and how unusual the report's run is as one."""
+    interval, p = stats.prediction(values, report["accuracy"])
+    if p is None:
+        return "— | — |"
+    return f"[{interval.low:.4f}, {interval.high:.4f}] | {p:.2g} |"
 
 
 def display_path(path: str) -> str:

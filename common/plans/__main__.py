@@ -79,7 +79,7 @@ def shown(path: str) -> str:
 
 
 def main(argv: list) -> None:
-    guard_console()  # `... | head` closes the pipe: no traceback
+    guard_console(warn=False)  # `... | head` closes the pipe: no traceback
     if "-h" in argv or "--help" in argv:
         print(__doc__)
         return
