@@ -41,12 +41,14 @@ STATUSES = RUNNING, COMPLETED, INTERRUPTED, FAILED = ("running", "completed", "i
 NOT_STARTED, KILLED, DAMAGED, QUEUED = "not started", "killed", "damaged", "queued"
 
 
-def experiment_folders(repo_root: str) -> list:
-    """The user's own runs: every ex_N/ beside the scripts (the shipped ones are under results/)."""
+def experiment_folders(repo_root: str, smoke: bool = False) -> list:
+    """The user's own runs: every ex_N/ beside the scripts (the shipped ones are under results/), and
+    with `smoke` the ex_N_smoke/ of --smoke runs too."""
     import glob
 
+    pattern = r"ex_\d+(_smoke)?" if smoke else r"ex_\d+"
     return sorted(d for d in glob.glob(os.path.join(repo_root, "ex_*"))
-                  if os.path.isdir(d) and re.fullmatch(r"ex_\d+", os.path.basename(d)))
+                  if os.path.isdir(d) and re.fullmatch(pattern, os.path.basename(d)))
 
 
 def run_folders(root: str) -> list:

@@ -1,7 +1,7 @@
 """Every plan and run at a glance, now: status, how it differs from its script's recipe, test
 accuracy, training time.
 
-    python -m common.plans                 # your runs: every ex_N/ beside the scripts
+    python -m common.plans                 # your runs: every ex_N/ and ex_N_smoke/ beside the scripts
     python -m common.plans ex_1/sweeps/lr  # one plan: each member
     python -m common.plans results         # any folders: every plan and run folder below them
 
@@ -86,11 +86,11 @@ def main(argv: list) -> None:
     if any(a.startswith("-") for a in argv):
         print("usage: python -m common.plans [FOLDER ...]", file=sys.stderr)
         sys.exit(2)
-    paths = argv or runfolder.experiment_folders(REPO_ROOT)
+    paths = argv or runfolder.experiment_folders(REPO_ROOT, smoke=True)
     missing = [p for p in paths if not os.path.isdir(p)]
     if missing or not paths:
         sys.exit(f"error: no such folder: {', '.join(missing)}" if missing else
-                 f"error: no ex_N/ in {REPO_ROOT} yet: run an experiment first")
+                 f"error: no ex_N/ or ex_N_smoke/ in {REPO_ROOT} yet: run an experiment first")
     print("\n".join(overview(paths)).rstrip())
 
 
