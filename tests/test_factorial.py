@@ -395,3 +395,21 @@ def test_a_design_with_no_spread_around_its_model_is_not_fitted():
     values = simulate(runs, {"model": 0.04, "optimizer": 0.0, "scheduler": 0.01, "augment": 0.06}, noise=0.0)
     factors = factorial.find_factors([c for c, _ in runs[::2]])
     assert factorial.fit(factors, [c for c, _ in runs], values) is None  # no p = 1e-58, no zero-width interval
+
+
+def test_lack_of_fit_finds_an_omitted_three_way_interaction_and_not_its_absence():
+    runs = full_factorial(seeds=3)
+    factors = factorial.find_factors([c for c, _ in runs[::3]])
+    settings = [c for c, _ in runs]
+    rng = np.random.default_rng(8)
+    plain = simulate(runs, dict.fromkeys(LEVELS, 0.01), noise=0.003, rng=rng)
+    three_way = [v + 0.01 * x["model"] * x["optimizer"] * x["augment"] for v, (_, x) in zip(plain, runs)]
+    f, between, within, p = factorial.fit(factors, settings, three_way).lack_of_fit
+    assert (between, within) == (16 - 11, 48 - 16) and p < 1e-6  # the model's 11 columns; 16 cells of 3 seeds
+    # the F by hand: the residual beyond the within-cell spread, per df, over the within-cell mean square
+    cells = np.array(three_way).reshape(16, 3)
+    pure = ((cells - cells.mean(1, keepdims=True)) ** 2).sum()
+    fit = factorial.fit(factors, settings, three_way)
+    residual = fit.residual_sd ** 2 * fit.residual_df
+    assert f == pytest.approx(((residual - pure) / 5) / (pure / 32), rel=1e-9)
+    assert factorial.fit(factors, settings, plain).lack_of_fit[3] > 0.001
