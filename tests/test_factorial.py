@@ -373,7 +373,8 @@ def test_runs_that_share_initial_weights_are_said_to_and_the_factor_they_confoun
 
     root = tmp_path / "design"
     for i, (cell, _) in enumerate(full_factorial(seeds=2)):
-        run = fabricate(smoke_run, root / f"run{i}", cell, seed=i % 2, test=0.6 + 0.001 * i, val=0.6 + 0.001 * (i * 7 % 5))
+        run = fabricate(smoke_run, root / f"run{i}", cell, seed=i % 2, test=0.6 + 0.001 * (i * 5 % 7),
+                       val=0.6 + 0.001 * (i * 7 % 5))
         config = json.load(open(run / "config.json"))
         start = f"{i % 2}/{cell['model']}" if shared else f"run {i}"  # what the code does: seed and model decide
         config["draws"] = {"initial_weights_sha256": hashlib.sha256(start.encode()).hexdigest(),
@@ -413,3 +414,87 @@ def test_lack_of_fit_finds_an_omitted_three_way_interaction_and_not_its_absence(
     residual = fit.residual_sd ** 2 * fit.residual_df
     assert f == pytest.approx(((residual - pure) / 5) / (pure / 32), rel=1e-9)
     assert factorial.fit(factors, settings, plain).lack_of_fit[3] > 0.001
+
+
+def shared_init_design(seeds=4):
+    """model x augment x optimizer, each cell once per seed; the seed and the model decide the initial
+    weights (as in the code): ({field: value}, coded, seed) per run."""
+    fields = {k: LEVELS[k] for k in ("model", "augment", "optimizer")}
+    return [(dict(zip(fields, combo)), {k: 1 if v == fields[k][1] else -1 for k, v in zip(fields, combo)}, seed)
+            for seed in range(seeds) for combo in itertools.product(*fields.values())]
+
+
+def simulate_shared(runs, rng, init_sd=0.01, noise=0.002, model=0.03, augment=0.02):
+    """accuracy with a seed effect (its data order), an effect per (seed, model) start, and run noise."""
+    seed_effect = rng.normal(0, 0.005, 8)
+    start = {(s, m): rng.normal(0, init_sd) for s in range(8) for m in LEVELS["model"]}
+    return [0.6 + model / 2 * x["model"] + augment / 2 * x["augment"] + seed_effect[s] + start[(s, cell["model"])]
+            + rng.normal(0, noise) for cell, x, s in runs]
+
+
+def test_a_term_confounded_with_shared_initialisations_gets_intervals_that_cover_the_truth():
+    # Split-plot: the model effect is tested on the (seed, model) groups' means; ignoring the groups
+    # (every run independent) its 95% intervals are about half as wide as they should be.
+    runs = shared_init_design()
+    settings = [cell for cell, _, _ in runs]
+    factors = factorial.find_factors(settings[:8])
+    groups, blocks = [(s, cell["model"]) for cell, _, s in runs], [s for _, _, s in runs]
+    rng = np.random.default_rng(11)
+    covered = {"strata": 0, "independent": 0, "augment": 0}
+    repetitions = 400
+    for _ in range(repetitions):
+        values = simulate_shared(runs, rng)
+        strata = {e.term: e for e in factorial.fit(factors, settings, values, groups, blocks).effects}
+        independent = {e.term: e for e in factorial.fit(factors, settings, values).effects}
+        covered["strata"] += strata[("model",)].low <= 0.03 <= strata[("model",)].high
+        covered["independent"] += independent[("model",)].low <= 0.03 <= independent[("model",)].high
+        covered["augment"] += strata[("augment",)].low <= 0.02 <= strata[("augment",)].high
+    rates = {k: v / repetitions for k, v in covered.items()}
+    assert 0.92 <= rates["strata"] <= 0.98, rates        # 95% +- 3 binomial sd
+    assert 0.92 <= rates["augment"] <= 0.98, rates       # within groups: the runs' own error
+    assert rates["independent"] < 0.85, rates            # the analysis that counts every run as independent
+    fit = factorial.fit(factors, settings, simulate_shared(runs, rng), groups, blocks)
+    by_term = {e.term: e for e in fit.effects}
+    # 8 group means less intercept, 3 seed blocks and the model: 3 df; 32 runs less 8 groups and the 5 terms that vary within them: 19
+    assert (by_term[("model",)].stratum, by_term[("model",)].df) == ("initialisations", 3)
+    assert (by_term[("augment",)].stratum, by_term[("augment",)].df) == ("runs within initialisations", 19)
+    assert by_term[("model", "augment")].stratum == "runs within initialisations"
+
+
+def test_the_split_plot_fit_matches_the_anova_by_hand():
+    runs = shared_init_design(seeds=3)
+    settings = [cell for cell, _, _ in runs]
+    values = np.array(simulate_shared(runs, np.random.default_rng(3)))
+    fit = factorial.fit(factorial.find_factors(settings[:8]), settings, list(values),
+                        [(s, cell["model"]) for cell, _, s in runs], [s for _, _, s in runs])
+    model = {e.term: e for e in fit.effects}[("model",)]
+    means = values.reshape(3, 2, 4).mean(2)    # seed x model: runs are ordered seed, model, augment, optimizer
+    estimate = means[:, 1].mean() - means[:, 0].mean()
+    interaction = means - means.mean(1, keepdims=True) - means.mean(0, keepdims=True) + means.mean()
+    whole_ms = (interaction ** 2).sum() / 2     # seed x model: the whole-plot error, (3-1)(2-1) df
+    se = np.sqrt(whole_ms * (1 / 3 + 1 / 3))    # a difference of two means of 3 group means each
+    assert model.estimate == pytest.approx(estimate, abs=1e-12) and model.df == 2
+    assert model.standard_error == pytest.approx(se, rel=1e-9)
+    assert model.estimate == pytest.approx(float(np.dot(model.weights, values)), abs=1e-12)
+
+
+def test_the_test_image_standard_error_is_the_spread_of_an_effect_over_new_test_sets():
+    # Runs fixed (their seeds drawn once); only the test images are drawn again, 300 times, from one
+    # population of difficulties: the effect's spread over those test sets is what image_se estimates.
+    runs = full_factorial(seeds=1)
+    settings = [cell for cell, _ in runs]
+    factors = factorial.find_factors(settings)
+    rng = np.random.default_rng(5)
+    skill = np.array([0.4 * x["augment"] + 0.2 * x["model"] + rng.normal(0, 0.1) for _, x in runs])
+    estimates, image_ses = [], []
+    for _ in range(300):
+        difficulty = rng.normal(0, 1.5, 2000)
+        correct = (rng.random((len(runs), 2000)) < 1 / (1 + np.exp(-(skill[:, None] + difficulty)))).astype(float)
+        fit = factorial.with_test_images(factorial.fit(factors, settings, list(correct.mean(1))), correct)
+        augment = {e.term: e for e in fit.effects}[("augment",)]
+        estimates.append(augment.estimate)
+        image_ses.append(augment.image_se)
+        assert augment.any_test_set[0] < augment.low and augment.any_test_set[1] > augment.high
+    assert np.mean(image_ses) == pytest.approx(np.std(estimates, ddof=1), rel=0.12)
+    by_hand = np.asarray(augment.weights) @ correct
+    assert augment.image_se == pytest.approx(by_hand.std(ddof=1) / np.sqrt(2000), rel=1e-12)

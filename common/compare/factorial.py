@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import stats as scipy_stats
@@ -52,6 +52,20 @@ class Effect:
     p_holm: float
     detectable: float      # smallest true |effect| found with 80% power at 0.05, unadjusted (fraction)
     aliases: tuple = ()    # the terms this one cannot be told from in this design, e.g. (("model", "augment"),)
+    stratum: str = "runs"  # the error it was tested against: "runs", "initialisations", "runs within ..."
+    df: int = 0            # that error's degrees of freedom
+    standard_error: float = float("nan")
+    weights: tuple = ()    # per run: estimate = sum(weights * run values), for the test images' own noise
+    image_se: float | None = None     # the test images' standard error of the estimate (predictions.npz)
+    any_test_set: tuple | None = None  # (low, high): 95% CI with seeds' and test images' noise together
+
+
+@dataclass(frozen=True)
+class Stratum:
+    name: str              # what the error is the spread of
+    df: int
+    sd: float              # of one unit: a run, or an initialisation group's mean
+    units: int
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,7 @@ class Fit:
     residual_sd: float
     left_out: str = ""             # why estimable two-way terms were not fitted, if any were not
     lack_of_fit: tuple | None = None  # (F, df between, df within, p) where seeds repeat in cells
+    strata: tuple = ()             # (Stratum, ...): the errors the terms were tested against
 
 
 def value_order(name: str, values) -> list:
@@ -159,30 +174,118 @@ def design_matrix(coded: np.ndarray, terms: list) -> np.ndarray:
     return np.column_stack(columns)
 
 
-def fit(factors: list, settings: list, values: list, level: float = stats.LEVEL) -> Fit | None:
-    """The linear model over every run; None when too few runs leave no residual to judge by, or
-    the runs have no spread at all around it (no p-value or interval could mean anything)."""
+def fit(factors: list, settings: list, values: list, groups: list | None = None, blocks: list | None = None,
+        level: float = stats.LEVEL) -> Fit | None:
+    """The linear model over every run, in error strata; None when no term could be tested (too few runs
+    for a residual, or no spread at all around the model: no p-value or interval could mean anything).
+
+    groups: per run, a key of its initial weights (runs with equal keys start alike); blocks: per run, a
+    key of its data order (its seed). Blocks are fitted as fixed effects. A term constant within every
+    group (a whole-plot term, e.g. the model when the seed and model decide the weights) is estimated and
+    tested on the groups' means, against the spread between groups; the others within groups, against
+    the runs' spread around their group (a split-plot analysis). Without groups every run is its own."""
     coded = code(settings, factors)
     terms, aliases, left_out = model_terms(coded, factors)
-    x, y = design_matrix(coded, terms), np.asarray(values, dtype=float)
-    df = len(y) - x.shape[1]
-    if df < 1 or np.linalg.matrix_rank(x) < x.shape[1]:
+    y = np.asarray(values, dtype=float)
+    group_of = _index(groups if groups is not None else range(len(y)))
+    block = _dummies(_index(blocks)) if blocks is not None else np.zeros((len(y), 0))
+    columns = {term: np.prod(coded[:, list(term)], axis=1) for term in terms}
+    whole = [t for t in terms if _constant_within(columns[t], group_of)]
+    split = [t for t in terms if t not in whole]
+    means = _means_matrix(group_of)
+    shared = means.shape[0] < len(y)
+    strata, found = [], {}
+    if whole or not split:
+        nested = _constant_within_all(block, group_of)
+        x = np.column_stack([np.ones(means.shape[0]), *([means @ block] if nested and block.size else []),
+                             *[means @ columns[t] for t in whole]])
+        strata.append(_stratum("initialisations" if shared else "runs", x, means, y, whole, found, level))
+    if split:
+        x = np.column_stack([_dummies(group_of, drop_first=False),
+                             *([] if _constant_within_all(block, group_of) or not block.size else [block]),
+                             *[columns[t] for t in split]])
+        strata.append(_stratum("runs within initialisations", x, np.eye(len(y)), y, split, found, level))
+    if strata and any(s is None for s in strata):
         return None
-    coefficients, *_ = np.linalg.lstsq(x, y, rcond=None)
-    residual = y - x @ coefficients
-    sd = math.sqrt(float(residual @ residual) / df)
-    if sd < 1e-12:
+    tested = [found[t] for t in terms if found[t]["p_value"] is not None]
+    if not tested:
         return None
-    errors = 2 * sd * np.sqrt(np.diag(np.linalg.inv(x.T @ x)))[1:]   # of 2 b: an effect's scale
-    estimates = 2 * coefficients[1:]
-    t_critical = scipy_stats.t.ppf((1 + level) / 2, df)
-    p_values = [float(2 * scipy_stats.t.sf(abs(e / se), df)) for e, se in zip(estimates, errors)]
-    power_factor = stats.noncentrality_for_power(df, level)
+    for entry, adjusted in zip(tested, stats.holm([e["p_value"] for e in tested])):
+        entry["p_holm"] = adjusted
     names = lambda term: tuple(factors[i].name for i in term)  # noqa: E731
-    effects = [Effect(names(term), float(e), float(e - t_critical * se), float(e + t_critical * se), p, p_adj,
-                      float(power_factor * se), tuple(names(a) for a in aliases.get(term, ())))
-               for term, e, se, p, p_adj in zip(terms, estimates, errors, p_values, stats.holm(p_values))]
-    return Fit(factors, effects, len(y), df, sd, left_out, lack_of_fit(x, y, coded))
+    effects = [Effect(names(t), aliases=tuple(names(a) for a in aliases.get(t, ())),
+                      **{k: v for k, v in found[t].items()}) for t in terms]
+    main = max(strata, key=lambda s: s.df)
+    plain = design_matrix(coded, terms)
+    return Fit(factors, effects, len(y), main.df, main.sd, left_out, lack_of_fit(plain, y, coded), tuple(strata))
+
+
+def with_test_images(result: Fit, correct: np.ndarray, level: float = stats.LEVEL) -> Fit:
+    """The fit with each effect's test-image standard error and an interval for any test set drawn like
+    this one. correct: (runs x images) 0/1, the runs in the fit's order. An effect is a weighted sum of
+    run accuracies, so per image it is the same weighted sum of right answers: its spread over the
+    images is the test set's own noise (paired, images fixed across runs). The wider interval adds it
+    to the seeds' variance, at the seeds' degrees of freedom (the test images' SE is known far better:
+    Welch-Satterthwaite would add df and could make the wider variance a narrower interval)."""
+    effects = []
+    for effect in result.effects:
+        per_image = np.asarray(effect.weights) @ correct
+        image_se = float(per_image.std(ddof=1) / math.sqrt(correct.shape[1]))
+        wider = None
+        if effect.p_value is not None:
+            half = scipy_stats.t.ppf((1 + level) / 2, effect.df) * math.hypot(effect.standard_error, image_se)
+            wider = (float(effect.estimate - half), float(effect.estimate + half))
+        effects.append(replace(effect, image_se=image_se, any_test_set=wider))
+    return replace(result, effects=effects)
+
+
+def _stratum(name: str, x: np.ndarray, averaging: np.ndarray, y: np.ndarray, terms: list, found: dict,
+             level: float):
+    """Least squares of (averaging @ y) on x, its last len(terms) columns the terms: each term's estimate
+    (2 b), interval, p and per-run weights into `found`; the Stratum, or None if x is not of full rank."""
+    if np.linalg.matrix_rank(x) < x.shape[1]:
+        return None
+    inverse = np.linalg.inv(x.T @ x)
+    weights = inverse @ x.T @ averaging                     # coefficients = weights @ y
+    residual = (np.eye(x.shape[0]) - x @ inverse @ x.T) @ averaging @ y
+    df = x.shape[0] - x.shape[1]
+    sd = math.sqrt(float(residual @ residual) / df) if df > 0 else float("nan")
+    testable = df > 0 and sd > 1e-12
+    t_critical = scipy_stats.t.ppf((1 + level) / 2, df) if testable else float("nan")
+    power_factor = stats.noncentrality_for_power(df, level) if testable else float("nan")
+    for k, term in enumerate(terms, start=x.shape[1] - len(terms)):
+        estimate = float(2 * weights[k] @ y)
+        se = 2 * sd * math.sqrt(inverse[k, k]) if testable else float("nan")
+        p = float(2 * scipy_stats.t.sf(abs(estimate / se), df)) if testable else None
+        found[term] = {"estimate": estimate, "low": estimate - t_critical * se, "high": estimate + t_critical * se,
+                       "p_value": p, "p_holm": p, "detectable": power_factor * se, "stratum": name, "df": df,
+                       "standard_error": se, "weights": tuple(2 * weights[k])}
+    return Stratum(name, df, sd, x.shape[0])
+
+
+def _index(keys) -> np.ndarray:
+    """Each key's position among the distinct keys, in first-seen order."""
+    positions = {}
+    return np.array([positions.setdefault(key, len(positions)) for key in keys])
+
+
+def _dummies(index: np.ndarray, drop_first: bool = True) -> np.ndarray:
+    levels = range(1 if drop_first else 0, int(index.max()) + 1) if len(index) else range(0)
+    return np.column_stack([(index == level).astype(float) for level in levels]) if levels else np.zeros((len(index), 0))
+
+
+def _means_matrix(group_of: np.ndarray) -> np.ndarray:
+    """(groups x runs): row g averages the runs of group g."""
+    indicator = _dummies(group_of, drop_first=False).T
+    return indicator / indicator.sum(1, keepdims=True)
+
+
+def _constant_within(column: np.ndarray, group_of: np.ndarray) -> bool:
+    return all(np.ptp(column[group_of == g]) == 0 for g in np.unique(group_of))
+
+
+def _constant_within_all(matrix: np.ndarray, group_of: np.ndarray) -> bool:
+    return all(_constant_within(matrix[:, j], group_of) for j in range(matrix.shape[1]))
 
 
 def cell_means(factors: list, settings: list, values: list, pair: tuple) -> dict:

@@ -270,7 +270,7 @@ def baseline_differences(row: Row) -> dict:
 
 def networks_test(run: Run, base: Run) -> dict | None:
     """Whether these two trained networks differ on the shared test images (not their recipes)."""
-    a, b = _correct(run), _correct(base)
+    a, b = correct_per_image(run), correct_per_image(base)
     if a is None or b is None:
         return None
     d = stats.mcnemar(a, b)
@@ -307,7 +307,7 @@ def seeds_for(row: Row, effect: float, family: int, given: bool) -> dict:
             "given": given}
 
 
-def _correct(run: Run):
+def correct_per_image(run: Run):
     """Per test image, whether the run got it right (predictions.npz); None if the file is missing."""
     try:
         kept = runfolder.read_predictions(run.dir)

@@ -8,7 +8,7 @@ import statistics
 from common import REPO_ROOT, runfolder
 from common.compare import stats
 from common.compare.reference import REPORT
-from common.compare.designs import effects_markdown
+from common.compare.designs import effects_markdown, test_images_correct
 from common.compare.rows import DATASET_LABELS, Row, context_line, summarize_row, table_summaries
 from common.errors import UserError, first_line
 
@@ -179,9 +179,9 @@ def headline_rank(row: Row) -> tuple:
 def reference_table(rows: list) -> str:
     """README's results: each script's own recipe (on real data) beside the report's figure, per cell,
     with the gap (report minus our mean) and its 95% CI: our mean's interval, the report's one run fixed."""
-    lines = ["| experiment | dataset | n (seeds) | test acc, mean ± 95% CI | sd over seeds | report "
+    lines = ["| experiment | dataset | n (seeds) | test acc, mean ± 95% CI | sd over seeds | test-image SE | report "
              "| gap: report − ours [95% CI] | one run of ours, 95% prediction interval | p, report as one run |",
-             "|" + "---|" * 9]
+             "|" + "---|" * 10]
     measured = {}
     for row in reference_rows(rows):
         key = (row.record.experiment, row.record.dataset)
@@ -192,16 +192,26 @@ def reference_table(rows: list) -> str:
             row = measured.get((experiment, dataset))
             head = f"| {experiment} | {DATASET_LABELS[dataset]} |"
             if row is None:
-                lines.append(f"{head} 0 | not measured | — | {report['accuracy']:.4f} | — | — | — |")
+                lines.append(f"{head} 0 | not measured | — | — | {report['accuracy']:.4f} | — | — | — |")
                 continue
             accs = row.values("test_accuracy")
             gap = stats.gap(accs, report["accuracy"])
             lines.append(f"{head} {len(accs)} ({','.join(str(r.record.options.seed) for r in row.runs)}) "
                          f"| {_ci(summarize_row(row)['test_accuracy'])} "
-                         f"| {f'{statistics.stdev(accs):.4f}' if len(accs) > 1 else '—'} "
+                         f"| {f'{statistics.stdev(accs):.4f}' if len(accs) > 1 else '—'} | {_image_se(row)} "
                          f"| {report['accuracy']:.4f} | {gap.mean:+.4f}"
                          f"{'' if gap.low is None else f' [{gap.low:+.4f}, {gap.high:+.4f}]'} | {_prediction(accs, report)}")
     return "\n".join(lines) + "\n"
+
+
+def _image_se(row: Row) -> str:
+    """The standard error the fixed test images add to the row's mean: the spread over images of the
+    runs' mean right answer, over the square root of the images (from predictions.npz); '—' without it."""
+    correct = test_images_correct(row.runs)
+    if correct is None:
+        return "—"
+    per_image = correct.mean(0)
+    return f"{per_image.std(ddof=1) / len(per_image) ** 0.5:.4f}"
 
 
 def _prediction(values: list, report: dict) -> str:
