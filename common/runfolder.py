@@ -36,6 +36,7 @@ LAST, BEST, SUMMARY, LOG, LOCK = "last.pth", "best.pth", "model_summary.txt", "l
 LOSS_PNG, ACCURACY_PNG = "loss.png", "accuracy.png"
 CONFUSION_PNG, ERRORS_PNG, CALIBRATION_PNG = "confusion_matrix.png", "errors.png", "calibration.png"
 DATASET_FOLDERS = {"cifar10": "cifar_10", "cifar100": "cifar_100"}
+PLAN_FILE = "sweep.json"  # a plan's record, in the folder above its members' dataset folders
 STATUSES = RUNNING, COMPLETED, INTERRUPTED, FAILED = ("running", "completed", "interrupted", "failed")  # train.json's
 # A run folder's status beside those (status(), common.plans.slurm): its state seen from outside.
 NOT_STARTED, KILLED, DAMAGED, QUEUED = "not started", "killed", "damaged", "queued"

@@ -210,9 +210,10 @@ def test_thread_counts_and_precisions_make_separate_rows(smoke_run, tmp_path):
                       ("2 threads x 1 process", "bfloat16, nchw")}  # the smoke run's layout, recorded
 
 
-def test_the_cpus_vector_isa_makes_separate_rows_and_the_results_cell_takes_the_most_seeds(smoke_run, tmp_path,
-                                                                                             monkeypatch):
-    """Kernels for AVX2 and AVX512 round differently: the same seed gives other numbers, so other rows."""
+def test_the_cpus_vector_isa_makes_separate_rows_and_the_results_give_each_machine_a_line(smoke_run, tmp_path,
+                                                                                           monkeypatch):
+    """Kernels for AVX2 and AVX512 round differently: the same seed gives other numbers, so other rows,
+    and README's results give each machine's row its own line (most seeds first), never a pooled one."""
     fabricate(smoke_run, tmp_path / "avx2", seed=0, isa="AVX2", test=0.70)
     for seed in (0, 1, 2):
         fabricate(smoke_run, tmp_path / f"avx512-{seed}", seed=seed, isa="AVX512", test=0.71)
@@ -221,13 +222,13 @@ def test_the_cpus_vector_isa_makes_separate_rows_and_the_results_cell_takes_the_
         [("AVX2", 1), ("AVX512", 3)]
     monkeypatch.setattr(tables, "reference_rows", lambda rows: rows)  # the smoke runs stand in for real ones
     for order in (rows, rows[::-1]):
-        (line,) = [x for x in reference_table(order).splitlines() if x.startswith("| ex_1 | CIFAR-10 |")]
-        assert "| 3 (0,1,2) |" in line, line
+        lines = [x for x in reference_table(order).splitlines() if x.startswith("| ex_1 | CIFAR-10 |")]
+        assert len(lines) == 2 and "AVX512 | 3 (0,1,2) | 0.7100 " in lines[0] and "AVX2 | 1 (0) | 0.7000 " in lines[1]
 
 
-def test_of_two_three_seed_rows_the_results_cell_takes_the_one_with_predictions_then_the_newest(
+def test_of_two_three_seed_rows_the_results_cell_lists_first_the_one_with_predictions_then_the_newest(
         smoke_run, tmp_path, monkeypatch):
-    """README's headline must be the row whose every run keeps predictions.npz (paired tests read it)."""
+    """README's first line of a cell is the row whose every run keeps predictions.npz (paired tests read it)."""
     def three_seeds(isa, test, start):
         for seed in (0, 1, 2):
             run = fabricate(smoke_run, tmp_path / f"{isa}-{seed}", seed=seed, isa=isa, test=test)
@@ -241,8 +242,9 @@ def test_of_two_three_seed_rows_the_results_cell_takes_the_one_with_predictions_
         rows = build_rows(collect([str(tmp_path)]))
         cells = []
         for order in (rows, rows[::-1]):
-            (line,) = [x for x in reference_table(order).splitlines() if x.startswith("| ex_1 | CIFAR-10 |")]
-            cells.append([a for a in accuracies if f"| {a:.4f} " in line])  # identical seeds: no ±
+            lines = [x for x in reference_table(order).splitlines() if x.startswith("| ex_1 | CIFAR-10 |")]
+            assert len(lines) == len(accuracies)  # every machine's row, none pooled
+            cells.append([a for a in accuracies if f"| {a:.4f} " in lines[0]])  # identical seeds: no ±
         return cells
 
     without = three_seeds("AVX2", 0.70, "2026-12-02T06:24:51+00:00")
@@ -278,7 +280,8 @@ def test_the_results_block_gives_the_gap_to_the_report_with_its_interval(smoke_r
 
 README_BLOCKS = {"results": ("README.md", ["results/ex_1"]),
                  "ablation": ("docs/ablations.md", ["results/ex_1/sweeps/lr", "--baseline", "lr=0.001"]),
-                 "effects": ("docs/ablations.md", ["results/ex_2/sweeps/factorial"])}
+                 "effects": ("docs/ablations.md", ["results/ex_2/sweeps/factorial"]),
+                 "compare": ("docs/results.md", ["results"])}
 
 
 @pytest.mark.parametrize("block", README_BLOCKS)
@@ -498,3 +501,36 @@ def test_the_test_image_standard_error_is_the_spread_of_an_effect_over_new_test_
     assert np.mean(image_ses) == pytest.approx(np.std(estimates, ddof=1), rel=0.12)
     by_hand = np.asarray(augment.weights) @ correct
     assert augment.image_se == pytest.approx(by_hand.std(ddof=1) / np.sqrt(2000), rel=1e-12)
+
+
+def _holm_by_hand(raw: list) -> list:
+    order = sorted(range(len(raw)), key=raw.__getitem__)
+    adjusted, running = [0.0] * len(raw), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(raw) - rank) * raw[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def test_a_plans_p_values_are_the_same_alone_or_beside_every_other_folder(tmp_path):
+    """One multiplicity rule: the lr plan's rows are one Holm family per metric with the plan's own
+    baseline, whether compare is given the plan or all of results/ (they were 0.386 and 0.643)."""
+    from tests.conftest import REPO
+
+    def plan_rows(folders: list, name: str) -> dict:
+        compare_main([os.path.join(REPO, f) for f in folders] + ["--baseline", "lr=0.001", "--no-figures",
+                                                                  "--json", str(tmp_path / name)])
+        rows = json.load(open(tmp_path / name))["rows"]
+        return {r["changes"]: r for r in rows if r["plan"] and r["plan"].endswith(os.path.join("sweeps", "lr"))}
+
+    alone, beside = plan_rows(["results/ex_1/sweeps/lr"], "alone.json"), plan_rows(["results"], "all.json")
+    assert sorted(alone) == sorted(beside) and len(alone) == 3
+    for metric in ("val_accuracy", "test_accuracy"):
+        compared = [r["vs_baseline"][metric] for r in alone.values() if r["vs_baseline"]]
+        assert len(compared) == 2 and all(c["holm_family"] == 2 for c in compared)
+        expected = _holm_by_hand([c["p"] for c in compared])
+        assert [c["p_holm"] for c in compared] == pytest.approx(expected, rel=1e-12)
+        for changes, row in alone.items():
+            if row["vs_baseline"]:
+                assert beside[changes]["vs_baseline"][metric]["p_holm"] == pytest.approx(
+                    row["vs_baseline"][metric]["p_holm"], rel=1e-12)

@@ -15,10 +15,11 @@ from, a `*` marking a run started from a modified tree.
 
 Per row: n seeds, the best validation accuracy (the selection metric) and the test accuracy,
 each as mean and 95% confidence interval (Student t over seeds), and the differences from the
-baseline row (the row nearest the script's own recipe, or --baseline FIELD=VALUE) in both,
-with 95% intervals, p-values (Welch's t over seeds) Holm-adjusted over the table's tests (the
-raw p beside), the smallest test difference the two rows' n and spread detect with 80% power,
-and the seeds per arm a Welch test needs for 80% power at the table's level for the observed
+baseline row (the row nearest the script's own recipe, or --baseline FIELD=VALUE; a plan's rows
+against their own plan's baseline) in both, with unadjusted 95% intervals, p-values (Welch's t over
+seeds) Holm-adjusted per metric over the comparisons with that baseline (the raw p beside; the rule:
+docs/ablations.md, 'Multiplicity'), the smallest test difference the two rows' n and spread detect with 80% power,
+and the seeds per arm a Welch test needs for 80% power at its family's level for the observed
 difference (or --effect), from the rows' spread as a pilot. "±" is always a 95% CI half-width.
 A row whose runs were still improving when they stopped is marked ↑ (common.compare.rows.
 still_improving), and its table says that more epochs may change the answer. Tables that differ
@@ -29,8 +30,8 @@ listed apart and never averaged.
 
 When the rows of a table vary k >= 2 fields at two values each (a factorial --sweep), a
 main-effects table follows (common/compare/factorial.py): each field's effect averaged over the
-others, from a linear model over every run, with its 95% CI, Holm-adjusted p and the
-effect the design detects with 80% power; the two-way interactions that stand out; a figure.
+others, from a linear model over every run, with its unadjusted 95% CI, p Holm-adjusted over the design's terms and
+the effect the design detects with 80% power; the two-way interactions that stand out; a figure.
 Figures go inside the compared folder. Nothing tracked by git is rewritten unless named
 (--readme, --figure).
 """

@@ -52,7 +52,7 @@ def designs(rows: list) -> list:
         groups, blocks = [initialisation(run) for run in runs], [data_order(run) for run in runs]
         fits = {metric: factorial.fit(factors, settings, values[metric], groups, blocks)
                 for metric, _ in EFFECT_METRICS}
-        correct = test_images_correct(runs)
+        correct = correct_matrix(runs)
         if fits["test_accuracy"] and correct is not None:
             fits["test_accuracy"] = factorial.with_test_images(fits["test_accuracy"], correct)
         found.append(Design(context, summarize_row(members[0]), factors, settings, len(members),
@@ -73,7 +73,7 @@ def initialisation(run) -> tuple:
     return ("inferred", r.options.seed, r.recipe.model, r.recipe.pretrained, r.recipe.image_size, r.dataset)
 
 
-def test_images_correct(runs: list):
+def correct_matrix(runs: list):
     """(runs x test images) 0/1 from every run's predictions.npz, or None if one lacks it, disagrees with
     its test.json or the test sets differ (the test-image noise needs the same images, paired)."""
     correct = [correct_per_image(run) for run in runs]
@@ -172,9 +172,9 @@ def effects_markdown(design: Design) -> str:
                 "(every run of a cell alike), so no interval or p-value could mean anything.\n")
     test_fit, val_fit = (design.fits[m] for m, _ in EFFECT_METRICS)
     images = test_fit.effects[0].image_se is not None
-    header = ["field", "from → to", "Δ test acc [95% CI, seeds]", "error (df)", "p, test (Holm)"]
-    header += ["test-image SE", "Δ test, any test set [95% CI]"] if images else []
-    header += ["Δ best val acc [95% CI, seeds]", "p, val (Holm)", "detectable Δ test (80% power, unadjusted)"]
+    header = ["field", "from → to", "Δ test acc [unadjusted 95% CI, seeds]", "error (df)", "p, test (Holm)"]
+    header += ["test-image SE", "Δ test, any test set [unadjusted 95% CI]"] if images else []
+    header += ["Δ best val acc [unadjusted 95% CI, seeds]", "p, val (Holm)", "detectable Δ test (80% power, unadjusted)"]
     lines = [head, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     pairs = [(t, v) for t, v in zip(test_fit.effects, val_fit.effects) if len(t.term) == 1]
     pairs += shown_interactions(design)
@@ -216,7 +216,8 @@ def effects_footer(design: Design, test_fit, val_fit, images: bool) -> list:
              f"more-way interactions are assumed zero; {strata_words(design, test_fit)}. An effect is the mean at "
              "the second value minus the mean at the first, averaged over the other fields; an interaction is half "
              f"the change of one field's effect across the other's values. p: t-test of each term against its "
-             f"error, Holm-adjusted over the {len(test_fit.effects)} terms of each metric (raw p beside); brackets: "
+             f"error, Holm-adjusted per metric over the design's {len(test_fit.effects)} terms (raw p beside; the rule: "
+             "docs/ablations.md, 'Multiplicity'); brackets: "
              "unadjusted 95% CIs over seeds, on this one test set. Detectable: the smallest true effect this design "
              "finds with 80% power at 0.05 against the term's error, unadjusted."
              + (f" The other {hidden} interactions are not distinguishable from zero." if hidden > 0 else "")]

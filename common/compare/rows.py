@@ -99,6 +99,12 @@ class Row:
     def changes(self) -> dict:
         return recipe_changes(self.record)
 
+    @property
+    def plan(self) -> str | None:
+        """The plan all its runs come from (None for lone runs or a row that mixes plans)."""
+        plans = {run.plan for run in self.runs}
+        return plans.pop() if len(plans) == 1 else None
+
     def values(self, metric: str) -> list:
         return [metric_value(run, metric) for run in self.runs if metric_value(run, metric) is not None]
 
@@ -169,26 +175,36 @@ def _row_order(row: Row) -> tuple:
 
 
 def choose_baselines(rows: list, baseline: tuple | None = None) -> None:
-    """Each row's baseline: in its context, the row with FIELD=VALUE (--baseline), else the row that
-    differs from the script's recipe in the fewest of the fields on which the context's rows differ."""
+    """Each row's baseline, in its context: a plan's rows are compared with a row of the same plan, the
+    others with the context's; the chosen row has FIELD=VALUE (--baseline), else it differs from the
+    script's recipe in the fewest of the fields on which its group's rows differ. So a comparison, and the
+    Holm family it belongs to (table_summaries), is the same whichever other folders are compared with it."""
     by_context = defaultdict(list)
     for row in rows:
         by_context[row.context].append(row)
     found = False
     for members in by_context.values():
-        varying = set(differing_fields([r.record for r in members]))
-        candidates = [r for r in members if baseline is None or _matches(r, *baseline)]
-        if not candidates:
-            continue
-        found = True
-        chosen = min(candidates, key=lambda r: (len(set(r.changes) & varying), _row_order(r)))
+        context_choice = _closest(members, baseline)
+        by_plan = defaultdict(list)
         for row in members:
-            row.baseline = chosen if row is not chosen else None
+            by_plan[row.plan].append(row)
+        for plan, group in by_plan.items():
+            chosen = (_closest(group, baseline) if plan is not None and len(group) > 1 else None) or context_choice
+            found = found or chosen is not None
+            for row in group:
+                row.baseline = chosen if row is not chosen else None
     if baseline is not None and rows and not found:
         values = sorted({json.dumps(getattr_any(r.record, baseline[0])) for r in rows})
         raise UserError(f"--baseline {baseline[0]}={json.dumps(baseline[1])} matches no compared run; their "
                         f"{baseline[0]} values: {', '.join(values)}")
     rows.sort(key=_row_order)
+
+
+def _closest(members: list, baseline: tuple | None) -> "Row | None":
+    """The row of these with FIELD=VALUE (--baseline), else the one nearest the script's recipe."""
+    varying = set(differing_fields([r.record for r in members]))
+    candidates = [r for r in members if baseline is None or _matches(r, *baseline)]
+    return min(candidates, key=lambda r: (len(set(r.changes) & varying), _row_order(r)), default=None)
 
 
 def context_line(summary: dict) -> str:
@@ -230,7 +246,7 @@ def summarize_row(row: Row) -> dict:
            "changes": describe_changes(row.record, row.changes), "changed_fields": row.changes,
            "data": row.context[2], "hardware": row.context[3], "software": row.context[4],
            "processes": row.context[5], "threads": row.context[6], "precision": row.context[7], "n": len(row.runs), "seeds": [r.record.options.seed for r in row.runs],
-           "runs": [r.dir for r in row.runs], "duplicates": row.duplicates, "code": code_versions(row),
+           "runs": [r.dir for r in row.runs], "plan": row.plan, "duplicates": row.duplicates, "code": code_versions(row),
            "parameters": row.record.raw.get("parameters"),
            "still_improving": {"runs": improving_runs(row), "of": len(row.runs), "marked": is_still_improving(row)}}
     for metric in METRICS:
@@ -278,16 +294,17 @@ def networks_test(run: Run, base: Run) -> dict | None:
 
 
 def table_summaries(rows: list, effect: float | None = None) -> list:
-    """summarize_row for each row, with p_holm: Holm's adjustment over every p-value of its table, and the
-    seeds per arm a Welch test needs for 80% power at 0.05 / (the table's tests) for `effect` (--effect)
+    """summarize_row for each row, with p_holm: Holm's adjustment within its family (one metric's
+    comparisons with one baseline, which is one plan's rows where they come from a plan), and the
+    seeds per arm a Welch test needs for 80% power at 0.05 / (the family's size) for `effect` (--effect)
     or the observed test difference, from the two rows' own spread."""
     summaries = [summarize_row(row) for row in rows]
-    by_context = defaultdict(list)
+    families = defaultdict(list)
     for row, summary in zip(rows, summaries):
         for metric in ("val_accuracy", "test_accuracy"):
             if summary["vs_baseline"] and summary["vs_baseline"][metric]["p"] is not None:
-                by_context[row.context].append(summary["vs_baseline"][metric])
-    for tests in by_context.values():
+                families[(id(row.baseline), metric)].append(summary["vs_baseline"][metric])
+    for tests in families.values():
         for test, adjusted in zip(tests, stats.holm([t["p"] for t in tests])):
             test["p_holm"] = adjusted
             test["holm_family"] = len(tests)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from common import runfolder
 from common.errors import UserError, first_line
 
+PLAN_DEPTH = 3  # a plan's members live at PLAN/cifar_10/NAME/: sweep.json is at most this many folders up
+
 @dataclass
 class Run:
     dir: str
@@ -14,6 +16,7 @@ class Run:
     record: runfolder.RunRecord | None = None
     train: dict | None = None
     test: dict | None = None
+    plan: str | None = None           # the folder of the plan (sweep.json) the run belongs to, if any
 
     @property
     def complete(self) -> bool:
@@ -41,11 +44,23 @@ def read_run(run_dir: str) -> Run:
         return Run(run_dir, f"damaged: {first_line(e)}", record)
 
 
+def plan_of(run_dir: str) -> str | None:
+    """The plan folder holding this run folder (the nearest sweep.json above it), or None for a lone run."""
+    folder = os.path.realpath(run_dir)
+    for _ in range(PLAN_DEPTH):
+        folder = os.path.dirname(folder)
+        if os.path.isfile(os.path.join(folder, runfolder.PLAN_FILE)):
+            return folder
+    return None
+
+
 def collect(paths: list) -> list:
     runs, seen = [], set()
     for root in paths:
         for run_dir in runfolder.run_folders(root):
             if os.path.realpath(run_dir) not in seen:
                 seen.add(os.path.realpath(run_dir))
-                runs.append(read_run(run_dir))
+                run = read_run(run_dir)
+                run.plan = plan_of(run_dir)
+                runs.append(run)
     return runs

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import statistics
+from collections import defaultdict
 
 from common import REPO_ROOT, runfolder
 from common.compare import stats
 from common.compare.reference import REPORT
-from common.compare.designs import effects_markdown, test_images_correct
+from common.compare.designs import effects_markdown, correct_matrix
 from common.compare.rows import DATASET_LABELS, Row, context_line, summarize_row, table_summaries
 from common.errors import UserError, first_line
 
@@ -47,8 +48,8 @@ def _difference(diff: dict | None) -> tuple:
 
 
 HEADER = ("| experiment | changed from the script's recipe | n (seeds) | best val acc ± 95% CI | test acc ± 95% CI "
-          "| Δ val vs baseline [95% CI] | p, val (Holm) | Δ test vs baseline [95% CI] | p, test (Holm) "
-          "| detectable Δ test (80% power) | seeds per arm for 80% power | macro F1 | AUC | best epoch "
+          "| Δ val vs baseline [unadjusted 95% CI] | p, val (Holm) | Δ test vs baseline [unadjusted 95% CI] "
+          "| p, test (Holm) | detectable Δ test (80% power, unadjusted) | seeds per arm for 80% power | macro F1 | AUC | best epoch "
           "| train time s | code |")
 COLUMNS = HEADER.count("|") - 1
 IMPROVING = "↑"  # beside a row's best epoch: its runs were still improving when they stopped
@@ -78,20 +79,31 @@ def _seeds(needed: dict | None) -> str:
     return f"{needed['n']} (Δ {needed['effect']:+.4f})"
 
 
+def families(members: list) -> list:
+    """[(row, summary)] of one context split by baseline: each list is one table and one Holm family per metric."""
+    groups = defaultdict(list)
+    for row, summary in members:
+        groups[id(row.baseline or row)].append((row, summary))
+    return list(groups.values())
+
+
 def table_notes(summaries: list) -> list:
     tests = max((s["vs_baseline"][m].get("holm_family", 0) for s in summaries if s["vs_baseline"]
                  for m in ("val_accuracy", "test_accuracy")), default=0)
     notes = [f"± is the 95% CI half-width over seeds (the fixed test images' own noise not included). p: Welch's t "
-             f"over seeds, Holm-adjusted over the table's {tests} tests (raw p beside it); brackets: unadjusted "
-             "95% CIs; detectable Δ: the smallest true test difference a t-test with the two rows' n and pooled "
-             "spread finds with 80% power at 0.05, unadjusted." if tests else
-             "± is the 95% CI half-width over seeds. No p-values: a comparison needs two or more seeds on each side."]
+             f"over seeds, Holm-adjusted per metric over this table's {tests} comparison{'s' * (tests > 1)} with its "
+             "baseline (raw p beside it; the rule: docs/ablations.md, 'Multiplicity'); brackets: unadjusted 95% CIs; "
+             "detectable Δ: the smallest true test difference a t-test with the two rows' n and pooled spread finds "
+             "with 80% power at 0.05, unadjusted." if tests else
+             "± is the 95% CI half-width over seeds. No p-values: "
+             + ("the table's only row, nothing to compare it with." if len(summaries) == 1 else
+                "a comparison needs two or more seeds on each side.")]
     needed = [s["vs_baseline"]["test_accuracy"]["seeds_needed"] for s in summaries if s["vs_baseline"]]
     needed = [n for n in needed if n and n["n"] is not None]
     if needed:
         notes.append(f"Seeds per arm for 80% power: how many seeds each of the two rows needs for Welch's t to find "
                      f"the Δ test shown ({'--effect' if needed[0]['given'] else 'the observed difference'}) at "
-                     f"α = {needed[0]['alpha']:.3g} (0.05 over the table's {needed[0]['family']} tests: Holm's "
+                     f"α = {needed[0]['alpha']:.3g} (0.05 over the {needed[0]['family']} comparisons of a metric: Holm's "
                      "strictest step), if the rows' spread is what these seeds show; it rests on a pilot's spread, "
                      "itself uncertain with so few seeds (Colas et al. 2018).")
     marked = [s for s in summaries if s["still_improving"]["marked"]]
@@ -116,9 +128,12 @@ def markdown(rows: list, runs: list, designs: list | None = None, effect: float 
     summaries = table_summaries(rows, effect)
     for context in dict.fromkeys(row.context for row in rows):
         members = [(row, s) for row, s in zip(rows, summaries) if row.context == context]
-        out += ["", context_line(members[0][1]), "", HEADER, "|" + "---|" * COLUMNS]
-        out += [table_row(row, summary, rows) for row, summary in members]
-        out += [""] + table_notes([s for _, s in members])
+        for family in families(members):
+            plan = family[0][0].plan if len({row.plan for row, _ in family}) == 1 else None
+            out += ["", context_line(family[0][1]) + (f" · plan {display_path(plan)}" if plan else ""), "",
+                    HEADER, "|" + "---|" * COLUMNS]
+            out += [table_row(row, summary, rows) for row, summary in family]
+            out += [""] + table_notes([s for _, s in family])
         repeated += [f"- {s['experiment']} ({s['changes']}), seed {d['seed']}: kept {display_path(d['kept'])}, "
                      f"not {', '.join(display_path(x) for x in d['dropped'])}" for _, s in members
                      for d in s["duplicates"]]
@@ -177,37 +192,46 @@ def headline_rank(row: Row) -> tuple:
 
 
 def reference_table(rows: list) -> str:
-    """README's results: each script's own recipe (on real data) beside the report's figure, per cell,
+    """README's results: each script's own recipe (on real data) beside the report's figure, one line per
+    cell and machine (most seeds first; machines round differently, so their runs are never pooled),
     with the gap (report minus our mean) and its 95% CI: our mean's interval, the report's one run fixed."""
-    lines = ["| experiment | dataset | n (seeds) | test acc, mean ± 95% CI | sd over seeds | test-image SE | report "
-             "| gap: report − ours [95% CI] | one run of ours, 95% prediction interval | p, report as one run |",
-             "|" + "---|" * 10]
-    measured = {}
+    lines = ["| experiment | dataset | machine | n (seeds) | test acc, mean ± 95% CI | sd over seeds | test-image SE "
+             "| report | gap: report − ours [95% CI] | one run of ours, 95% prediction interval | p, report as one run |",
+             "|" + "---|" * 11]
+    measured = defaultdict(list)
     for row in reference_rows(rows):
-        key = (row.record.experiment, row.record.dataset)
-        if key not in measured or headline_rank(row) > headline_rank(measured[key]):
-            measured[key] = row
+        measured[(row.record.experiment, row.record.dataset)].append(row)
     for experiment, cells in REPORT.items():
         for dataset, report in cells.items():
-            row = measured.get((experiment, dataset))
             head = f"| {experiment} | {DATASET_LABELS[dataset]} |"
-            if row is None:
-                lines.append(f"{head} 0 | not measured | — | — | {report['accuracy']:.4f} | — | — | — |")
-                continue
-            accs = row.values("test_accuracy")
-            gap = stats.gap(accs, report["accuracy"])
-            lines.append(f"{head} {len(accs)} ({','.join(str(r.record.options.seed) for r in row.runs)}) "
-                         f"| {_ci(summarize_row(row)['test_accuracy'])} "
-                         f"| {f'{statistics.stdev(accs):.4f}' if len(accs) > 1 else '—'} | {_image_se(row)} "
-                         f"| {report['accuracy']:.4f} | {gap.mean:+.4f}"
-                         f"{'' if gap.low is None else f' [{gap.low:+.4f}, {gap.high:+.4f}]'} | {_prediction(accs, report)}")
+            cell = sorted(measured[(experiment, dataset)], key=headline_rank, reverse=True)
+            if not cell:
+                lines.append(f"{head} — | 0 | not measured | — | — | {report['accuracy']:.4f} | — | — | — |")
+            lines += [f"{head} {_machine(row, cell)} | {_reference_cells(row, report)}" for row in cell]
     return "\n".join(lines) + "\n"
+
+
+def _machine(row: Row, cell: list) -> str:
+    """The row's hardware, with its threads where another row of the cell has the same hardware."""
+    summary = summarize_row(row)
+    alike = [r for r in cell if summarize_row(r)["hardware"] == summary["hardware"]]
+    return summary["hardware"] + (f", {summary['threads']}" if len(alike) > 1 else "")
+
+
+def _reference_cells(row: Row, report: dict) -> str:
+    accs = row.values("test_accuracy")
+    gap = stats.gap(accs, report["accuracy"])
+    return (f"{len(accs)} ({','.join(str(r.record.options.seed) for r in row.runs)}) "
+            f"| {_ci(summarize_row(row)['test_accuracy'])} "
+            f"| {f'{statistics.stdev(accs):.4f}' if len(accs) > 1 else '—'} | {_image_se(row)} "
+            f"| {report['accuracy']:.4f} | {gap.mean:+.4f}"
+            f"{'' if gap.low is None else f' [{gap.low:+.4f}, {gap.high:+.4f}]'} | {_prediction(accs, report)}")
 
 
 def _image_se(row: Row) -> str:
     """The standard error the fixed test images add to the row's mean: the spread over images of the
     runs' mean right answer, over the square root of the images (from predictions.npz); '—' without it."""
-    correct = test_images_correct(row.runs)
+    correct = correct_matrix(row.runs)
     if correct is None:
         return "—"
     per_image = correct.mean(0)

@@ -28,7 +28,7 @@ from common import provenance, runfolder
 from common.config import Options, Recipe, from_dict, resolved_recipe, to_dict
 from common.errors import UserError
 
-PLAN_FILE = "sweep.json"
+PLAN_FILE = runfolder.PLAN_FILE
 PLAN_FORMAT = "cifar-experiments-sweep/1"
 SWEEPS = "sweeps"  # OUT/sweeps/NAME/: where plans live
 
