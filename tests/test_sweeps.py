@@ -54,12 +54,18 @@ def _members(plan_dir):
 
 
 @pytest.fixture(scope="module")
-def straight_sweep(smoke_data, tmp_path_factory):
-    """The 2-member sweep, uninterrupted: what every interrupted one must end with."""
+def straight_sweep_plan(smoke_data, tmp_path_factory):
+    """The 2-member sweep, uninterrupted: its plan folder."""
     out = str(tmp_path_factory.mktemp("straight_sweep"))
     result = run_script("ex_1.py", *SWEEP, "--name", "lr", "--data-dir", smoke_data, "--out", out)
     assert result.returncode == 0, result.stderr[-2000:]
-    return {member: run_metrics(run_dir) for member, run_dir in _members(os.path.join(out, "sweeps", "lr")).items()}
+    return os.path.join(out, "sweeps", "lr")
+
+
+@pytest.fixture(scope="module")
+def straight_sweep(straight_sweep_plan):
+    """The uninterrupted sweep's metrics: what every interrupted one must end with."""
+    return {member: run_metrics(run_dir) for member, run_dir in _members(straight_sweep_plan).items()}
 
 
 def test_a_sweep_is_a_plan_with_members_named_by_what_differs(straight_sweep):
@@ -420,6 +426,20 @@ def test_two_jobs_launchers_on_one_plan_share_the_work_and_neither_fails(smoke_d
     for run_dir in members:  # each trained once: one "===" header, no resume
         log = open(os.path.join(run_dir, "log.txt")).read()
         assert log.count("=== ") == 1 and "resuming" not in log
+
+
+def test_a_member_another_launcher_finished_after_this_one_chose_it_is_complete_not_an_error(straight_sweep_plan,
+                                                                                             straight_sweep):
+    # The race of two launchers on one plan: this one chose the member while the other was testing it.
+    from common.plans import member, plan
+
+    the_plan = plan.read_plan(straight_sweep_plan)
+    chosen = the_plan.member("cifar_10/lr=0.003,seed=0")
+    before = snapshot_files(chosen.run_dir)
+    outcome = member.run_member(the_plan, chosen, log=True)
+    assert outcome.status == "completed"
+    assert snapshot_files(chosen.run_dir) == before  # not trained, tested or logged again
+    assert run_metrics(chosen.run_dir) == straight_sweep["cifar_10/lr=0.003,seed=0"]
 
 
 @pytest.mark.parametrize("sweep,words", [

@@ -41,10 +41,13 @@ def run_member(the_plan: plan.Plan, member: plan.Member, log: bool = False, when
     created = not os.path.isdir(member.run_dir)
     os.makedirs(member.run_dir, exist_ok=True)
     try:
-        with _lock(member.run_dir), output_to(runfolder.path(member.run_dir, runfolder.LOG) if log else None):
-            if log:
-                print(f"=== {member.id} ({runfolder.holder_description()})", flush=True)
-            _run_or_resume(the_plan, member, log, when_stopped, queued)
+        with _lock(member.run_dir):
+            # another launcher on the plan may have finished it between this one's choice and its lock
+            if not (the_plan.kept and runfolder.is_complete(member.run_dir)):
+                with output_to(runfolder.path(member.run_dir, runfolder.LOG) if log else None):
+                    if log:
+                        print(f"=== {member.id} ({runfolder.holder_description()})", flush=True)
+                    _run_or_resume(the_plan, member, log, when_stopped, queued)
     except runfolder.Busy:
         if not the_plan.kept:
             raise
