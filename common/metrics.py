@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, class_names: list) -> dict:
+    # imported here, when a run is tested: a process that stops before (a refused input, a stop
+    # mid-training, a plan's launcher) need not pay sklearn's 1.2 s import
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+
     logits = logits.float().cpu()
     y = labels.cpu().numpy()
     k = len(class_names)

@@ -4,20 +4,28 @@ from __future__ import annotations
 import io
 import os
 
+import numpy as np
+
+from common.files import write_bytes
+from common.runfolder import best_epoch
+
 # Files only, never a window: Agg on every machine, whatever MPLBACKEND says (an unknown
 # value there would otherwise stop the import of matplotlib itself).
 os.environ["MPLBACKEND"] = "Agg"
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
-from common.files import write_bytes  # noqa: E402
-from common.runfolder import best_epoch  # noqa: E402
+
+def pyplot():
+    """matplotlib.pyplot, imported at the first figure: a process that stops before drawing
+    (a refused input, --help) need not pay its 0.5 s."""
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
 
 
 def save_figure(fig, path: str) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    pyplot().close(fig)
     write_bytes(path, buffer.getvalue())
 
 
@@ -32,7 +40,7 @@ def integer_epoch_axis(ax) -> None:
 def plot_curves(history: list, key: str, ylabel: str, title: str, path: str) -> None:
     """Train and validation `key` per epoch, with the best validation epoch marked."""
     epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.2))
     ax.plot(epochs, [h[f"train_{key}"] for h in history], marker=".", label="train")
     ax.plot(epochs, [h[f"val_{key}"] for h in history], marker=".", label="validation")
     best = best_epoch(history)
@@ -53,7 +61,7 @@ def confusion_figure(matrix: list, class_names: list, title: str):
     k = len(class_names)
     rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     size = 6 if k <= 20 else 18
-    fig, ax = plt.subplots(figsize=(size * 1.15, size))
+    fig, ax = pyplot().subplots(figsize=(size * 1.15, size))
     sns.heatmap(rates, ax=ax, cmap="Blues", vmin=0, vmax=1, square=True,
                 annot=counts if k <= 20 else False, fmt="d",
                 xticklabels=class_names, yticklabels=class_names,
@@ -72,7 +80,7 @@ def plot_errors(images, labels, probs, class_names: list, title: str, path: str,
     wrong = wrong[np.argsort(-probs[wrong, pred[wrong]])][:count]
     cols = 6
     rows = max(1, int(np.ceil(len(wrong) / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.9, rows * 2.2), squeeze=False)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(cols * 1.9, rows * 2.2), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, wrong):
@@ -95,7 +103,7 @@ def plot_calibration(probs, labels, ece: float, title: str, path: str, bins: int
     filled = calibration_bins(probs, labels, bins)
     centres = [(b["lo"] + b["hi"]) / 2 for b in filled]
     counts = [b["count"] for b in filled]
-    fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True,
+    fig, (ax, ax_count) = pyplot().subplots(2, 1, figsize=(5.5, 6.5), sharex=True,
                                        gridspec_kw={"height_ratios": [3, 1]})
     ax.bar(centres, [b["accuracy"] for b in filled], width=1 / bins, edgecolor="black", alpha=0.8,
            label="accuracy in bin")
