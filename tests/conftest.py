@@ -17,6 +17,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from tests import prewarmed_client as prewarmed  # noqa: E402
 # One torch thread per process: pytest runs two workers (pytest.ini), each starting runs of the
 # scripts; runs compared number for number inherit the same thread count. Yours wins if set.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -32,9 +33,19 @@ def pytest_configure(config):
 
 def run_script(script: str, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python ex_N.py ARGS` from the repo root as a user would; never touches the network."""
+    return run_python([os.path.join(REPO, script), *args], timeout=timeout, env=env)
+
+
+def run_python(argv: list, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python ARGV` (a script and its arguments, or -m MODULE ...) from the repo root, its output captured.
+    Forked from the prewarmed interpreter (tests/prewarmed.py) when the environment is the suite's own;
+    a real `python` for an environment of its own or with PREWARMED=0."""
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-    return subprocess.run([sys.executable, os.path.join(REPO, script), *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, env=full_env)
+    server = prewarmed.server(full_env)
+    if server is None:
+        return subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                              env=full_env)
+    return server.run(argv, REPO, full_env, timeout)
 
 
 def closed_port() -> int:
