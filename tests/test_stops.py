@@ -31,6 +31,7 @@ from tests.conftest import (
     hooked,
     only_run,
     run_metrics,
+    run_python,
     run_script,
 )
 
@@ -219,24 +220,36 @@ def test_a_stop_signal_while_python_shuts_down_keeps_the_exit_code_it_decided(sm
     assert "Traceback" not in "".join(said) + rest
 
 
-def test_a_stop_signal_after_the_exit_is_decided_exits_at_once_with_that_code():
+@pytest.mark.parametrize("tear_down", [True, False])
+def test_a_stop_signal_after_the_exit_is_decided_exits_at_once_with_that_code(tear_down):
     """Before Python's own shutdown steps (here: waiting for a thread that never ends), a signal ends
     the process at once with the code already decided, not a traceback and not death by the signal."""
     code = ("import os, signal, threading, time\n"
             "from common import stopping\n"
             "stopping.stop_on_signals()\n"
             "threading.Thread(target=lambda: (time.sleep(0.5), os.kill(os.getpid(), signal.SIGTERM), time.sleep(600))).start()\n"
-            "stopping.exit_decided(3)\n")
+            f"stopping.exit_decided(3, tear_down={tear_down})\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 3 and result.stderr == "", result.stderr[-2000:]
+
+
+def test_a_member_ends_without_the_teardown_as_the_interpreter_ends_a_process():
+    """A plan member skips the modules' teardown, not what comes before it: threads, atexit, buffered output."""
+    code = ("import atexit, sys, threading, time\n"
+            "from common import stopping\n"
+            "atexit.register(print, 'atexit ran')\n"
+            "threading.Thread(target=lambda: (time.sleep(0.3), print('thread joined'))).start()\n"
+            "sys.stdout.write('buffered ')\n"
+            "stopping.exit_decided(3, tear_down=False)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout, result.stderr) == (3, "buffered thread joined\natexit ran\n", "")
 
 
 def test_a_ctrl_c_while_last_pth_is_written_never_leaves_the_history_ahead_of_it(uninterrupted, smoke_data, tmp_path):
     from tests.conftest import ARGS
 
     program = _SIGNAL_DURING_WRITE.format(repo=REPO, script=os.path.join(REPO, "ex_1.py"))
-    result = subprocess.run([sys.executable, "-c", program, *ARGS, "--data-dir", smoke_data, "--out", str(tmp_path)],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = run_python(["-c", program, *ARGS, "--data-dir", smoke_data, "--out", str(tmp_path)], timeout=300)
     assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr[-2000:]
     run_dir = only_run(str(tmp_path))
     saved = torch.load(os.path.join(run_dir, "last.pth"), weights_only=True)["epoch"]
@@ -261,8 +274,7 @@ def test_sighup_stops_like_sigterm(smoke_data, tmp_path):
 
 def test_sigterm_while_testing_says_how_to_finish_and_resume_tests_it(smoke_data, tmp_path):
     program = _SIGNAL_WHILE_TESTING.format(repo=REPO, script=os.path.join(REPO, "ex_1.py"))
-    result = subprocess.run([sys.executable, "-c", program, *_quick(smoke_data, tmp_path, "--epochs", "1")],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = run_python(["-c", program, *_quick(smoke_data, tmp_path, "--epochs", "1")], timeout=300)
     assert result.returncode == 143 and "Traceback" not in result.stderr, result.stderr[-2000:]
     run_dir = only_run(str(tmp_path))
     assert f"--resume {run_dir}" in result.stderr
@@ -330,8 +342,7 @@ def test_a_stop_right_after_test_json_leaves_a_complete_run_that_compare_counts(
     run_dir = only_run(str(tmp_path / "out"))
     assert _train_status(run_dir) == "completed"  # what is on disk: tested
     assert "nothing to resume" in result.stderr and "--resume" not in result.stderr
-    compared = subprocess.run([sys.executable, "-m", "common.compare", str(tmp_path / "out"), "--no-figures"],
-                              cwd=REPO, capture_output=True, text=True, timeout=300)
+    compared = run_python(["-m", "common.compare", str(tmp_path / "out"), "--no-figures"], timeout=300)
     assert compared.returncode == 0 and "Not averaged" not in compared.stdout, compared.stdout[-2000:]
 
 
@@ -341,8 +352,7 @@ def test_a_member_killed_while_testing_is_not_complete_and_resume_tests_it(smoke
     killed = run_script("ex_1.py", *args, env=hooked("testing", "SIGKILL"))
     assert killed.returncode == -signal.SIGKILL
     (plan_dir,) = (out / "sweeps").iterdir()
-    status = subprocess.run([sys.executable, "-m", "common.plans", str(plan_dir)], cwd=REPO, capture_output=True,
-                            text=True, timeout=120).stdout
+    status = run_python(["-m", "common.plans", str(plan_dir)], timeout=120).stdout
     assert "1 killed" in status and "completed" not in status, status
     resumed = run_script("ex_1.py", "--resume", str(plan_dir))
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -129,14 +129,16 @@ def main(argv: list) -> None:
         sys.exit("usage: python -m common.plans.member PLAN_DIR MEMBER_ID")
     request_huge_pages()
     stop_on_signals(MEMBER_SIGNALS, parent=launcher_pid())  # gone already: check() stops it
+    # the member's process ends here, so without the interpreter's teardown (exit_decided's tear_down)
     try:
         result = run_alone(*argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
-        exit_decided(1, MEMBER_SIGNALS)  # the launcher may stop it while it exits: no traceback
+        exit_decided(1, MEMBER_SIGNALS, tear_down=False)  # the launcher may stop it while it exits: no traceback
     except KeyboardInterrupt as e:
-        exit_decided(128 + getattr(e, "signum", signal.SIGINT), MEMBER_SIGNALS)
-    exit_decided({runfolder.RUNNING: runfolder.BUSY_EXIT, runfolder.FAILED: 1}.get(result.status, 0), MEMBER_SIGNALS)
+        exit_decided(128 + getattr(e, "signum", signal.SIGINT), MEMBER_SIGNALS, tear_down=False)
+    exit_decided({runfolder.RUNNING: runfolder.BUSY_EXIT, runfolder.FAILED: 1}.get(result.status, 0), MEMBER_SIGNALS,
+                 tear_down=False)
 
 
 if __name__ == "__main__":
