@@ -18,7 +18,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from tests import prewarmed_client as prewarmed  # noqa: E402
-# One torch thread per process: pytest runs two workers (pytest.ini), each starting runs of the
+# One torch thread per process: pytest runs three workers (pytest.ini), each starting runs of the
 # scripts; runs compared number for number inherit the same thread count. Yours wins if set.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -29,6 +29,17 @@ def pytest_configure(config):
     ignored, as nohup asks. The stop tests send them: the runs start with the default dispositions."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """The workers take the tests one by one (pytest.ini: --dist loadgroup), except that the tests of a
+    module that share a module-scoped fixture (runs made once, then read) go to one worker together,
+    which makes it once."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info and any(defs[-1].scope == "module" for defs in info.name2fixturedefs.values()):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 def run_script(script: str, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -46,6 +57,24 @@ def run_python(argv: list, timeout: float = 300, env: dict | None = None) -> sub
         return subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=timeout,
                               env=full_env)
     return server.run(argv, REPO, full_env, timeout)
+
+
+def popen_python(argv: list, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env: dict | None = None):
+    """`python -u ARGV` started from the repo root as subprocess.Popen(..., text=True) starts it, for a
+    test that reads its output as it comes or signals it: forked from the prewarmed interpreter as
+    run_python is. A test of the first seconds, or of what the parent hands down, starts a real one."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    server = prewarmed.server(full_env)
+    if server is None:
+        return subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=stdout, stderr=stderr, text=True,
+                                env=full_env)
+    return server.popen(argv, REPO, full_env, stdout, stderr)
+
+
+def members_by_id(plan_dir) -> dict:
+    """{member id: its run folder} of the plan in plan_dir, from its sweep.json."""
+    plan = json.load(open(os.path.join(plan_dir, "sweep.json")))
+    return {m["id"]: os.path.join(plan_dir, m["run_dir"]) for m in plan["members"]}
 
 
 def closed_port() -> int:
@@ -158,8 +187,7 @@ def _temp_files(root):
 
 
 def _popen(*args, stderr):
-    return subprocess.Popen([sys.executable, "-u", os.path.join(REPO, "ex_1.py"), *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=stderr, text=True)
+    return popen_python([os.path.join(REPO, "ex_1.py"), *args], stderr=stderr)
 
 
 def _wait_for(proc, marker):
@@ -272,10 +300,9 @@ def killed_run(smoke_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("killed")
     data = root / "data"
     shutil.copytree(os.path.join(smoke_data, "synthetic", "small"), data)
-    proc = subprocess.Popen([sys.executable, "-u", os.path.join(REPO, "ex_1.py"), "--dataset", "cifar10",
-                             "--epochs", "3", "--batch-size", "16", "--save-every", "0", "--data-dir", str(data),
-                             "--out", str(root / "out")], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = popen_python([os.path.join(REPO, "ex_1.py"), "--dataset", "cifar10", "--epochs", "3", "--batch-size", "16",
+                         "--save-every", "0", "--data-dir", str(data), "--out", str(root / "out")],
+                        stderr=subprocess.DEVNULL)
     for line in proc.stdout:
         if "epoch   1/3" in line:
             break
@@ -317,9 +344,13 @@ _SIGNAL_DURING_WRITE = textwrap.dedent("""
 """)
 
 
-def _start(smoke_data, out, *extra, **popen):
-    return subprocess.Popen([sys.executable, "-u", os.path.join(REPO, "ex_1.py"), *_quick(smoke_data, out, *extra)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+def _start(smoke_data, out, *extra, real=False, **popen):
+    """ex_1.py --smoke started; `real` (or Popen's own keywords, e.g. preexec_fn) for a real python."""
+    argv = [os.path.join(REPO, "ex_1.py"), *_quick(smoke_data, out, *extra)]
+    if real or popen:
+        return subprocess.Popen([sys.executable, "-u", *argv], cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, **popen)
+    return popen_python(argv)
 
 
 def _read_until(proc, marker):
@@ -497,9 +528,15 @@ def _pretend_started_on_a_gpu_node(plan_dir, raw, members):
             json.dump(record, open(config, "w"))
 
 
-def _stopped_plan(smoke_data, out, name="e", epochs="3"):
-    run_script("ex_1.py", *SMOKE_BATCH16, "--sweep", "lr=0.001,0.003", "--epochs", epochs, "--name", name,
-               "--data-dir", smoke_data, "--out", out, env=hooked("train_json", "SIGINT"))
+def _stopped_plan(smoke_data, out, name="e"):
+    """A 2-member plan stopped by a Ctrl-C as its first member starts training: _plan's (folder, sweep.json,
+    run folders)."""
+    proc = popen_python([os.path.join(REPO, "ex_1.py"), *SMOKE_BATCH16, "--sweep", "lr=0.001,0.003", "--epochs", "3",
+                         "--name", name, "--data-dir", smoke_data, "--out", out], stderr=subprocess.DEVNULL)
+    _read_until(proc, "run folder:")
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
     return _plan(out, name)
 
 
@@ -513,5 +550,4 @@ def compared(smoke_data, tmp_path_factory):
 
 
 def _compare_process(*args):
-    return subprocess.run([sys.executable, "-m", "common.compare", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    return run_python(["-m", "common.compare", *args], timeout=120)

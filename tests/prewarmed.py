@@ -1,18 +1,21 @@
 """A Python that has already imported torch: the suite's script processes fork from it.
 
-A test's `python ex_N.py ARGS` spends about 2.7 s importing torch and torch._dynamo, and a run
-another 2 s in scikit-learn, matplotlib and seaborn, before the script's first line of its own:
-most of the suite's time was imports. `run_prewarmed` sends argv, cwd and the three standard
-file descriptors to this server (one per pytest worker, started on first use); it forks a child
-that takes them over and runs the script as `python SCRIPT ARGS` would (sys.argv, sys.path[0],
-a fresh __main__, SystemExit and uncaught exceptions and atexit as the interpreter handles them),
-and reports the child's wait status. Only third-party libraries are preloaded, never common/:
-the repo's modules, signal handlers and environment are a fresh process's.
+A test's `python ex_N.py ARGS` spends about 3.7 s importing torch and torch._dynamo, and a run
+another 2.8 s in scikit-learn, scipy and matplotlib (python -X importtime, 2-core AMD EPYC), then
+1.5 s tearing them down at exit, besides the script's own work:
+most of the suite's time was imports. tests/conftest.py's `run_python` and `popen_python` send
+argv, cwd, the environment and the three standard file descriptors to this server (one per
+pytest worker and environment, started on first use); it forks a child that takes them over and
+runs `python SCRIPT ARGS`, `-m MODULE ARGS` or `-c CODE ARGS` as the interpreter would (sys.argv,
+sys.path[0], a fresh __main__, SystemExit, uncaught exceptions, atexit), and reports the child's
+exit code. Only third-party libraries are preloaded, never common/: the repo's modules, signal
+handlers and environment are a fresh process's.
 
-What a fork cannot be is a process's first seconds: the tests of the first second, of signals
-sent from outside, of an environment of their own (a stop hook's PYTHONPATH, MPLBACKEND, a
-console's encoding) start a real `python`; so does every call with PREWARMED=0 in the
-environment, to check the whole suite that way.
+What a fork cannot be: a process's first seconds, the interpreter's own teardown, signal
+dispositions handed down by the parent (nohup), a command line found by pgrep, an environment
+that matters before the fork (a stop hook's PYTHONPATH, MPLBACKEND, a console's encoding, the
+thread count; the repo's own CIFAR_* settings are read after it and may differ). Those tests start
+a real `python`, and so does every call with PREWARMED=0 in the environment, to check the suite.
 
     python tests/prewarmed.py SOCKET_PATH    # prints "ready" once the libraries are in
 """
@@ -108,9 +111,19 @@ def become(request: dict, fds: list) -> None:
 
 
 def run_main(argv: list) -> None:
-    """Run argv as the interpreter runs a script or `-m module`: a fresh __main__."""
+    """Run argv as the interpreter runs a script, `-m module` or `-c code`: in a fresh __main__."""
     import runpy
 
+    if argv[0] == "-c":
+        import builtins
+        import types
+
+        sys.argv = ["-c", *argv[2:]]
+        sys.path[0] = ""
+        main = sys.modules["__main__"] = types.ModuleType("__main__")
+        main.__builtins__ = builtins
+        exec(compile(argv[1], "<string>", "exec"), main.__dict__)
+        return
     if argv[0] == "-m":
         sys.argv = ["-m", *argv[2:]]  # the module's path replaces "-m", as in `python -m`
         sys.path[0] = os.getcwd()

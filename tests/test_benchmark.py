@@ -1,16 +1,13 @@
 """The benchmark runs end to end and writes its ratios (no timing is asserted here)."""
 import json
-import subprocess
-import sys
 
-from tests.conftest import REPO
+from tests.conftest import run_python
 
 
 def test_throughput_benchmark_writes_ratios(tmp_path):
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--experiments", "ex_1", "--steps", "1",
-                             "--rounds", "1", "--seconds", "0", "--workers", "0", "--out", str(out)], cwd=REPO, capture_output=True,
-                            text=True, timeout=300)
+    result = run_python(["-m", "benchmarks.throughput", "--experiments", "ex_1", "--steps", "1", "--rounds", "1",
+                         "--seconds", "0", "--workers", "0", "--out", str(out)], timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     (row,) = json.load(open(out))["results"]
     for key in ("floor", "ours", "report_style", "eval_ours", "eval_floor", "floor_other_layout", "floor_small_pages",

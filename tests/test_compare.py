@@ -13,17 +13,18 @@ from common.compare.rows import build_rows, choose_baselines, summarize_row
 from common.compare.runs import collect
 from common.compare.tables import markdown, markers
 from common.devices import cpu_model
-from tests.conftest import recorded_dtype, run_script
+from tests.conftest import recorded_dtype, run_python, run_script
 
 
 @pytest.fixture(scope="module")
 def seeded_runs(smoke_data, tmp_path_factory):
-    """Three --smoke seeds of EX-1 and of EX-2 (CIFAR-10; EX-2 for one epoch at 32 px to keep it short)."""
+    """Three --smoke seeds of EX-1 and of EX-2 (CIFAR-10; EX-2 for one epoch at 32 px to keep it short),
+    one after another in one process each: a --jobs member's own start would cost more than its run."""
     root = tmp_path_factory.mktemp("compare")
     for script, extra in (("ex_1.py", []), ("ex_2.py", ["--epochs", "1", "--image-size", "32"])):  # 32 px: fast
         out = root / script[:-3]
         result = run_script(script, "--smoke", "--dataset", "cifar10", "--seeds", "0,1,2", "--save-every", "0",
-                            "--jobs", "2", "--data-dir", smoke_data, "--out", str(out), *extra, timeout=400)
+                            "--data-dir", smoke_data, "--out", str(out), *extra, timeout=400)
         assert result.returncode == 0, result.stderr[-2000:]
     return root
 
@@ -210,10 +211,7 @@ def test_compare_cli_splits_rows_by_recipe_and_writes_nothing_tracked(seeded_run
                         "--data-dir", smoke_data, "--out", str(experiment))
     assert result.returncode == 0, result.stderr[-2000:]
     tracked_before = snapshot_files(os.path.join(REPO, "images")), open(os.path.join(REPO, "README.md")).read()
-    import subprocess
-    import sys
-    listing = subprocess.run([sys.executable, "-m", "common.compare", str(experiment)], cwd=REPO,
-                             capture_output=True, text=True, timeout=120)
+    listing = run_python(["-m", "common.compare", str(experiment)], timeout=120)
     assert listing.returncode == 0, listing.stderr
     rows = [line for line in listing.stdout.splitlines() if line.startswith("| ex_1 |")]
     assert len(rows) == 2, listing.stdout

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, _compare, _compare_process, _one_error_line, only_run, run_script
+from tests.conftest import REPO, _compare, _compare_process, _one_error_line, only_run, run_python, run_script
 
 
 @pytest.mark.parametrize("damage", ["environment list", "recipe string", "huge accuracy", "deep json", "nan accuracy",
@@ -145,8 +145,7 @@ def test_compare_lists_a_run_whose_file_is_a_fifo_or_a_device_as_damaged_and_nev
         os.mkfifo(target)
     else:
         os.symlink("/dev/zero", target)
-    result = subprocess.run([sys.executable, "-m", "common.compare", str(root), "--no-figures"], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)  # a hang fails here
+    result = run_python(["-m", "common.compare", str(root), "--no-figures"], timeout=120)  # a hang fails here
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert ("| 2 (0,1) |" if where == "predictions.npz" else "| 1 (0) |") in result.stdout  # (the table reads no predictions)
     if where == "train.json":

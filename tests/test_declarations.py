@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import ARGS, REPO, only_run, run_metrics, run_script
+from tests.conftest import ARGS, REPO, only_run, popen_python, run_metrics, run_python, run_script
 
 # A program that adds one field to Recipe before anything else imports it, then runs ex_1.py
 # exactly as `python ex_1.py ARGS` would: what a developer's one-line declaration does.
@@ -27,8 +27,7 @@ _WITH_A_NEW_FIELD = textwrap.dedent("""
 
 def _run_with_new_field(*args, timeout=300):
     program = _WITH_A_NEW_FIELD.format(repo=REPO, script=os.path.join(REPO, "ex_1.py"))
-    return subprocess.run([sys.executable, "-c", program, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    return run_python(["-c", program, *args], timeout=timeout)
 
 
 def test_a_field_added_to_recipe_reaches_help_config_json_header_compare_key_and_hparams(smoke_data, tmp_path):
@@ -42,7 +41,7 @@ def test_a_field_added_to_recipe_reaches_help_config_json_header_compare_key_and
     run_dir = only_run(str(out))
     config = json.load(open(os.path.join(run_dir, "config.json")))
     assert config["config"]["label_smoothing"] == 0.1 and config["recipe"]["label_smoothing"] == 0.0
-    check = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+    check = run_python(["-c", textwrap.dedent(f"""
         import dataclasses, sys
         sys.path.insert(0, {REPO!r})
         from common import config
@@ -54,7 +53,7 @@ def test_a_field_added_to_recipe_reaches_help_config_json_header_compare_key_and
         (run,) = collect([{str(out)!r}])
         assert recipe_changes(run.record) == {{"epochs": 1, "batch_size": 32, "label_smoothing": 0.1}}
         print(describe_changes(run.record, recipe_changes(run.record)))
-    """)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    """)], timeout=120)
     assert check.returncode == 0, check.stderr[-2000:]
     assert "label smoothing 0.1" in check.stdout  # compare's row says how it differs
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -69,8 +68,8 @@ def test_a_field_added_to_recipe_reaches_help_config_json_header_compare_key_and
 
 def test_an_older_config_json_without_a_field_resumes_with_its_default(uninterrupted, smoke_data, tmp_path):
     out = str(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-u", os.path.join(REPO, "ex_1.py"), *ARGS, "--data-dir", smoke_data,
-                             "--out", out], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = popen_python([os.path.join(REPO, "ex_1.py"), *ARGS, "--data-dir", smoke_data, "--out", out],
+                        stderr=subprocess.DEVNULL)
     for line in proc.stdout:
         if "epoch   1/3" in line:
             break
@@ -98,8 +97,7 @@ def test_the_issues_ablation_command_runs_and_records_its_four_changes(smoke_dat
     config = json.load(open(os.path.join(only_run(str(out)), "config.json")))["config"]
     assert (config["model"], config["optimizer"], config["augment"], config["image_size"]) == \
         ("three_block_cnn", "sgd", "crop_flip", 64)
-    listing = subprocess.run([sys.executable, "-m", "common.compare", str(out), "--figure", str(tmp_path / "f.png")],
-                             cwd=REPO, capture_output=True, text=True, timeout=120)
+    listing = run_python(["-m", "common.compare", str(out), "--figure", str(tmp_path / "f.png")], timeout=120)
     (row,) = [line for line in listing.stdout.splitlines() if line.startswith("| ex_1 |")]
     for words in ("model three_block_cnn", "optimizer sgd", "image size 64", "augment crop_flip"):
         assert words in row, (words, row)
@@ -128,8 +126,7 @@ _RUN_TWICE = textwrap.dedent("""
 
 def test_run_is_a_library_function_called_twice_in_one_process(smoke_data, tmp_path):
     data = os.path.join(smoke_data, "synthetic")
-    result = subprocess.run([sys.executable, "-c", _RUN_TWICE.format(repo=REPO, data=data, out=str(tmp_path))],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = run_python(["-c", _RUN_TWICE.format(repo=REPO, data=data, out=str(tmp_path))], timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     folders = json.loads(result.stdout.strip().splitlines()[-1])
     assert [os.path.basename(os.path.dirname(f)) for f in folders] == ["cifar_10", "cifar_100"]
@@ -157,8 +154,7 @@ def test_a_schedule_added_to_the_registry_reaches_the_choices_and_warmups_help_a
     program = _WITH_A_NEW_SCHEDULE.format(repo=REPO, script=os.path.join(REPO, "ex_1.py"))
 
     def run(*args):
-        return subprocess.run([sys.executable, "-c", program, *args], cwd=REPO, capture_output=True, text=True,
-                              timeout=120)
+        return run_python(["-c", program, *args], timeout=120)
     help_text = " ".join(run("--help").stdout.split())
     assert "linear_decay" in help_text and "exp_range" in help_text  # --scheduler's choices
     assert "before the schedule (none, cosine, step, linear_decay)" in help_text  # only those that allow warm-up

@@ -17,6 +17,7 @@ from tests.conftest import (
     _start,
     closed_port,
     only_run,
+    popen_python,
     run_script,
 )
 
@@ -82,19 +83,20 @@ def test_curves_are_drawn_after_every_epoch_so_an_interrupted_run_shows_them(int
 
 def test_a_full_or_closed_console_does_not_stop_the_run(smoke_data, tmp_path):
     with open("/dev/full", "w") as full:
-        result = subprocess.run([sys.executable, os.path.join(REPO, "ex_1.py"),
-                                 *_quick(smoke_data, tmp_path / "a", "--epochs", "1")],
-                                cwd=REPO, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
-    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert [line for line in result.stderr.splitlines() if line.startswith("warning:")] == \
+        proc = popen_python([os.path.join(REPO, "ex_1.py"), *_quick(smoke_data, tmp_path / "a", "--epochs", "1")],
+                            stdout=full)
+        _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr[-2000:]
+    assert [line for line in stderr.splitlines() if line.startswith("warning:")] == \
         ["warning: standard output failed (No space left on device (ENOSPC)): training goes on; train.json and "
          "test.json say how it went"]
     assert os.path.exists(os.path.join(only_run(str(tmp_path / "a")), "test.json"))
-    piped = subprocess.run(f"{sys.executable} {os.path.join(REPO, 'ex_1.py')} "
-                           f"{' '.join(_quick(smoke_data, tmp_path / 'b', '--epochs', '1'))} | head -1; "
-                           f"exit ${{PIPESTATUS[0]}}",
-                           shell=True, executable="/bin/bash", cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert piped.returncode == 0 and "Traceback" not in piped.stderr, piped.stderr[-2000:]
+    # `python ex_1.py ... | head -1`: the reader reads one line and is gone
+    piped = popen_python([os.path.join(REPO, "ex_1.py"), *_quick(smoke_data, tmp_path / "b", "--epochs", "1")])
+    piped.stdout.readline()
+    piped.stdout.close()
+    _, stderr = piped.communicate(timeout=300)
+    assert piped.returncode == 0 and "Traceback" not in stderr, stderr[-2000:]
     assert json.load(open(os.path.join(only_run(str(tmp_path / "b")), "train.json")))["status"] == "completed"
 
 

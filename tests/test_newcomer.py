@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import REPO, run_script
+from tests.conftest import REPO, run_python, run_script
 
 
 def _shown(value) -> str:
@@ -260,8 +260,7 @@ def test_a_plan_shows_overall_eta_then_the_compare_command_and_dry_run_estimates
 
 def test_the_overview_lists_plans_and_runs_and_ends_quietly_in_a_closed_pipe(smoke_data, ex1_smoke_runs, tmp_path):
     out, _ = ex1_smoke_runs
-    listed = subprocess.run([sys.executable, "-m", "common.plans", str(out)], cwd=REPO, capture_output=True,
-                            text=True, timeout=120)
+    listed = run_python(["-m", "common.plans", str(out)], timeout=120)
     assert listed.returncode == 0, listed.stderr
     runs = [line for line in listed.stdout.splitlines() if line.startswith("  completed")]
     assert runs and all(re.search(r"test [01]\.\d{4} +train \d+m\d\ds +\S*cifar_10", line) for line in runs), listed.stdout

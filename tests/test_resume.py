@@ -3,19 +3,18 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.conftest import ARGS, REPO, run_script, snapshot_files
+from tests.conftest import ARGS, REPO, popen_python, run_script, snapshot_files
 from tests.conftest import only_run as _only_run
 from tests.conftest import run_metrics as _metrics
 
 
 def _start(smoke_data, out):
-    return subprocess.Popen([sys.executable, "-u", os.path.join(REPO, "ex_1.py"), *ARGS, "--data-dir", smoke_data,
-                             "--out", out], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    return popen_python([os.path.join(REPO, "ex_1.py"), *ARGS, "--data-dir", smoke_data, "--out", out],
+                        stderr=subprocess.DEVNULL)
 
 
 # Kill points: right after the run folder exists (inside epoch 1), after a given epoch line, and
@@ -47,8 +46,7 @@ def test_ctrl_c_marks_interrupted_and_prints_resume_command(smoke_data, tmp_path
     err_path = tmp_path / "stderr.txt"
     out = str(tmp_path / "out")
     with open(err_path, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-u", os.path.join(REPO, "ex_1.py"), *ARGS, "--data-dir",
-                                 smoke_data, "--out", out], cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True)
+        proc = popen_python([os.path.join(REPO, "ex_1.py"), *ARGS, "--data-dir", smoke_data, "--out", out], stderr=err)
         for line in proc.stdout:
             if "epoch   1/3" in line:
                 break
