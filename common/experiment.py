@@ -37,6 +37,7 @@ from common.torchfiles import load_state
 from common.optimizers import build_optimizer
 from common.train import epoch_order, epoch_seed, evaluate, predict, steps_per_epoch, train_one_epoch
 
+CURVES_EVERY_S = 10.0  # seconds: the longest the curves go unredrawn while a run trains
 
 
 @dataclasses.dataclass
@@ -274,6 +275,7 @@ def fit(s: Session, run_dir: str, writer=None, queued: tuple = (0, 0)) -> None:
     queued: (runs, epochs) this process runs after this one (the epoch line's overall ETA)."""
     recipe, state = s.recipe, s.state
     steps = steps_per_epoch(len(s.train_idx), recipe.batch_size // distributed.world_size(), distributed.world_size())
+    drawn = None  # time.monotonic() when this process last drew the curves
     for epoch in range(len(state.history), recipe.epochs):
         lrs = schedules.epoch_lrs(recipe, epoch, steps, state.plateau)
         torch.manual_seed(epoch_seed(s.options.seed, epoch))  # dropout / stochastic depth
@@ -293,7 +295,9 @@ def fit(s: Session, run_dir: str, writer=None, queued: tuple = (0, 0)) -> None:
         if distributed.is_main():
             _save(s, run_dir, improved)
             write_train_json(s, run_dir, runfolder.RUNNING)
-            plot_curves(s, run_dir)
+            if drawn is None or epoch + 1 == recipe.epochs or time.monotonic() - drawn >= CURVES_EVERY_S:
+                plot_curves(s, run_dir)
+                drawn = time.monotonic()
         log_epoch(s.tag, recipe.epochs, state.history[-1], improved, writer, eta(state.history, recipe.epochs, queued))
         stopping.check()  # matplotlib's finalizers may have dropped a stop signal's exception
 
@@ -307,7 +311,9 @@ def epoch_record(epoch: int, train: dict, val: dict, lr: float) -> dict:
 
 
 def plot_curves(s: Session, run_dir: str) -> None:
-    """loss.png and accuracy.png, redrawn after every epoch: a running or interrupted run shows them."""
+    """loss.png and accuracy.png: fit redraws them after a process's first epoch, its last, and at most
+    every CURVES_EVERY_S between, so a running or interrupted run shows them and fast epochs are not
+    spent drawing (two figures take about 0.26 s)."""
     history = s.state.history[: s.state.saved_epochs]
     plots.plot_curves(history, "loss", "cross-entropy loss", f"{s.title}: loss", runfolder.path(run_dir, runfolder.LOSS_PNG))
     plots.plot_curves(history, "accuracy", "accuracy", f"{s.title}: accuracy",

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 
 from tests.conftest import (
     REPO,
@@ -18,6 +19,7 @@ from tests.conftest import (
     closed_port,
     only_run,
     popen_python,
+    run_python,
     run_script,
 )
 
@@ -74,11 +76,34 @@ def test_run_folder_files_get_the_users_umask(smoke_data, tmp_path):
     assert modes and all(mode == 0o664 for mode in modes.values()), modes
 
 
-def test_curves_are_drawn_after_every_epoch_so_an_interrupted_run_shows_them(interrupted_run):
+def test_curves_are_drawn_after_the_first_epoch_so_an_interrupted_run_shows_them(interrupted_run):
     train = json.load(open(os.path.join(interrupted_run, "train.json")))
     assert train["epochs_done"] == 1
     for png in ("loss.png", "accuracy.png"):
         assert open(os.path.join(interrupted_run, png), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+_COUNT_CURVES = textwrap.dedent("""
+    import runpy, sys
+    sys.path.insert(0, {repo!r})
+    from common import plots
+    real = plots.plot_curves
+    def counted(history, *args):
+        print("curves after epoch", len(history), flush=True)
+        return real(history, *args)
+    plots.plot_curves = counted
+    sys.argv = [{script!r}] + sys.argv[1:]
+    runpy.run_path({script!r}, run_name="__main__")
+""")
+
+
+def test_fast_epochs_redraw_the_curves_after_the_first_and_the_last_not_after_each(smoke_data, tmp_path):
+    program = _COUNT_CURVES.format(repo=REPO, script=os.path.join(REPO, "ex_1.py"))
+    result = run_python(["-c", program, *_quick(smoke_data, tmp_path, "--epochs", "4")], timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    drawn = [int(line.split()[-1]) for line in result.stdout.splitlines() if line.startswith("curves after epoch")]
+    assert drawn[:2] == [1, 1] and drawn[-2:] == [4, 4], drawn  # loss and accuracy each time
+    assert len(drawn) < 8, drawn  # smoke epochs take about a second: not every one redraws (CURVES_EVERY_S)
 
 
 def test_a_full_or_closed_console_does_not_stop_the_run(smoke_data, tmp_path):
