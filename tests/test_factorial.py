@@ -147,13 +147,15 @@ def test_the_gap_to_the_report_and_its_interval_by_hand():
 
 # --- compare on fabricated run folders ----------------------------------------------------------
 
-def fabricate(source, dest, fields=None, seed=0, test=None, val=None, threads=None, precision=None, isa=None):
+def fabricate(source, dest, fields=None, seed=0, test=None, val=None, threads=None, precision=None, isa=None,
+              layout=None):
     """A copy of a complete run folder with other recipe fields, seed, accuracies or environment."""
     shutil.copytree(source, dest, ignore=shutil.ignore_patterns("*.pth", "*.png", ".lock"))
     edits = {"config.json": lambda c: (c["config"].update(fields or {}, seed=seed), c.update(seed=seed),
                                        threads and c["environment"].update(torch_threads=threads),
                                        precision and c["environment"].update(precision=precision),
-                                       isa and c["environment"].update(cpu_capability=isa)),
+                                       isa and c["environment"].update(cpu_capability=isa),
+                                       layout and c["environment"].update(layout=layout)),
              "test.json": lambda t: test is not None and t.update(accuracy=test),
              "train.json": lambda t: val is not None and t.update(best_val_accuracy=val)}
     for name, edit in edits.items():
@@ -205,9 +207,33 @@ def test_thread_counts_and_precisions_make_separate_rows(smoke_run, tmp_path):
         fabricate(smoke_run, tmp_path / f"bf16{seed}", seed=seed, threads=2, precision="bfloat16")
     rows = build_rows(collect([str(tmp_path)]))
     assert sorted(len(r.runs) for r in rows) == [2, 2, 2]
-    labels = {(summarize_row(r)["threads"], summarize_row(r)["precision"]) for r in rows}
-    assert labels == {("1 thread x 1 process", "float32, nchw"), ("2 threads x 1 process", "float32, nchw"),
-                      ("2 threads x 1 process", "bfloat16, nchw")}  # the smoke run's layout, recorded
+    labels = {(summarize_row(r)["threads"], summarize_row(r)["precision"], summarize_row(r)["layout"]) for r in rows}
+    assert labels == {("1 thread x 1 process", "float32", "nchw"), ("2 threads x 1 process", "float32", "nchw"),
+                      ("2 threads x 1 process", "bfloat16", "nchw")}  # the smoke run's layout, recorded
+
+
+def test_models_in_their_own_layouts_form_one_design_and_one_recipe_in_two_layouts_two_rows(smoke_run, tmp_path,
+                                                                                             capsys):
+    """The layout is the model entry's choice: a sweep over models stays one table and one design, its header
+    naming each model's layout; the same recipe in two layouts (another registry) is never averaged."""
+    runs = full_factorial()
+    values = simulate(runs, {"model": 0.04, "optimizer": 0.0, "scheduler": 0.01, "augment": 0.06})
+    layouts = {"tutorial_cnn": "nchw", "three_block_cnn": "channels_last"}
+    root = tmp_path / "factorial"
+    for i, ((cell, _), value) in enumerate(zip(runs, values)):
+        fabricate(smoke_run, root / f"run{i}", cell, seed=i % 2, test=value, val=value, layout=layouts[cell["model"]])
+    compare_main([str(root), "--json", str(tmp_path / "t.json"), "--no-figures"])
+    out = capsys.readouterr().out
+    (design,) = json.load(open(tmp_path / "t.json"))["designs"]
+    assert [f["name"] for f in design["factors"]].count("model") == 1
+    assert "each model's layout: " in design["context"] and "tutorial_cnn nchw" in design["context"]
+    assert out.count("**CIFAR-10**") == 2  # the design's header and one row table
+    for seed in (0, 1):
+        fabricate(smoke_run, tmp_path / "two" / f"a{seed}", seed=seed, layout="nchw")
+        fabricate(smoke_run, tmp_path / "two" / f"b{seed}", seed=seed, layout="channels_last")
+    rows = build_rows(collect([str(tmp_path / "two")]))
+    assert sorted(summarize_row(r)["layout"] for r in rows) == ["channels_last", "nchw"]
+    assert len({r.context for r in rows}) == 1 and all(len(r.runs) == 2 for r in rows)
 
 
 def test_the_cpus_vector_isa_makes_separate_rows_and_the_results_give_each_machine_a_line(smoke_run, tmp_path,

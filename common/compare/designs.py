@@ -21,6 +21,7 @@ class Design:
     and the linear model's fit per metric (EFFECT_METRICS)."""
     context: tuple
     summary: dict           # the first row's summary: its dataset, experiment and context words
+    row_summaries: list     # every row's summary (their layouts)
     factors: list           # [factorial.Factor]
     settings: list          # per run, {field: value}
     cells: int
@@ -55,7 +56,7 @@ def designs(rows: list) -> list:
         correct = correct_matrix(runs)
         if fits["test_accuracy"] and correct is not None:
             fits["test_accuracy"] = factorial.with_test_images(fits["test_accuracy"], correct)
-        found.append(Design(context, summarize_row(members[0]), factors, settings, len(members),
+        found.append(Design(context, summarize_row(members[0]), [summarize_row(m) for m in members], factors, settings, len(members),
                             sorted({run.record.options.seed for run in runs}), values, fits,
                             (sum(map(is_still_improving, members)), len(members)),
                             tuple(tuple(run.record.options.seed for run in row.runs) for row in members),
@@ -166,7 +167,7 @@ def _error(effect) -> str:
 
 def effects_markdown(design: Design) -> str:
     """The main-effects table of one design, with what its model was, what it assumed and could detect."""
-    head = f"**Main effects** · {context_line(design.summary)} · {len(design.settings)} runs in {design.cells} cells"
+    head = f"**Main effects** · {context_line(design.summary, design.row_summaries)} · {len(design.settings)} runs in {design.cells} cells"
     if not design.fitted:
         return (f"{head}: not fitted: too few runs for a residual, or no spread at all around the model "
                 "(every run of a cell alike), so no interval or p-value could mean anything.\n")
@@ -253,7 +254,7 @@ def effects_footer(design: Design, test_fit, val_fit, images: bool) -> list:
 
 def design_json(design: Design) -> dict:
     out = {"dataset": design.summary["dataset"], "experiment": design.summary["experiment"],
-           "context": context_line(design.summary), "cells": design.cells, "fitted": design.fitted,
+           "context": context_line(design.summary, design.row_summaries), "cells": design.cells, "fitted": design.fitted,
            "cell_seeds": [list(seeds) for seeds in design.cell_seeds], "shared_initial_weights": design.shared_init,
            "factors": [{"name": f.name, "levels": list(f.levels)} for f in design.factors], "metrics": {}}
     for metric, _ in EFFECT_METRICS:

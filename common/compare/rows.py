@@ -56,16 +56,33 @@ def recipe_key(record) -> tuple:
 
 
 def precision_label(record) -> str:
-    """What the arithmetic ran in and the tensors' memory layout (config.json's environment): runs in
-    bf16 and fp32, or in two layouts, are never averaged together. For runs from before precision was
-    recorded: float32 on a CPU or without --amp, else CUDA autocast in bf16 or fp16."""
+    """What the arithmetic ran in (config.json's environment): runs in bf16 and fp32 are never averaged
+    together. For runs from before precision was recorded: float32 on a CPU or without --amp, else CUDA
+    autocast in bf16 or fp16."""
     env = record.environment
-    layout = f", {env['layout']}" if env.get("layout") else ""  # not recorded before layouts were chosen per precision
     if env.get("precision"):
-        return str(env["precision"]) + layout
+        return str(env["precision"])
     on_gpu = str(env.get("device", "cpu")).startswith("cuda")
     amp = (record.raw.get("config") or {}).get("amp", True)
     return "autocast (bf16 or float16)" if on_gpu and amp else "float32"
+
+
+def layout_label(record) -> str:
+    """The tensors' memory layout ('' before it was recorded). The model's registry entry picks it for
+    each precision, so it is part of the row (one recipe in two layouts: two rows, never averaged), not of
+    the context: a sweep over models, each in its own layout, stays one table and one design."""
+    return str(record.environment.get("layout") or "")
+
+
+def precision_words(summaries: list) -> str:
+    """A table's arithmetic and its rows' layouts: the one layout, or each model's."""
+    layouts = {s["model"]: s["layout"] for s in summaries if s.get("layout")}
+    words = summaries[0]["precision"]
+    if len(set(layouts.values())) == 1:
+        return f"{words}, {next(iter(layouts.values()))}"
+    if layouts:
+        return f"{words}, each model's layout: " + ", ".join(f"{m} {layout}" for m, layout in layouts.items())
+    return words
 
 
 def threads_label(record) -> str:
@@ -153,7 +170,7 @@ def build_rows(runs: list) -> list:
     groups = defaultdict(lambda: defaultdict(list))
     for run in runs:
         if run.complete:
-            groups[(context_key(run), recipe_key(run.record))][run.record.options.seed].append(run)
+            groups[(context_key(run), recipe_key(run.record) + (layout_label(run.record),))][run.record.options.seed].append(run)
     rows = []
     for (context, key), by_seed in groups.items():
         row = Row(context, key, [])
@@ -207,9 +224,11 @@ def _closest(members: list, baseline: tuple | None) -> "Row | None":
     return min(candidates, key=lambda r: (len(set(r.changes) & varying), _row_order(r)), default=None)
 
 
-def context_line(summary: dict) -> str:
+def context_line(summary: dict, rows: list | None = None) -> str:
+    """One table's shared context; rows: the summaries of its rows (their layouts), default this one."""
     return (f"**{summary['dataset']}** · {summary['experiment'].split()[0]} · {summary['data']} · "
-            f"{summary['hardware']} · {summary['software']} · {summary['threads']} · {summary['precision']}")
+            f"{summary['hardware']} · {summary['software']} · {summary['threads']} · "
+            f"{precision_words(rows or [summary])}")
 
 
 def differing_fields(records: list) -> list:
@@ -245,7 +264,8 @@ def summarize_row(row: Row) -> dict:
     out = {"dataset": DATASET_LABELS[row.context[0]], "experiment": experiment_label(row.record),
            "changes": describe_changes(row.record, row.changes), "changed_fields": row.changes,
            "data": row.context[2], "hardware": row.context[3], "software": row.context[4],
-           "processes": row.context[5], "threads": row.context[6], "precision": row.context[7], "n": len(row.runs), "seeds": [r.record.options.seed for r in row.runs],
+           "processes": row.context[5], "threads": row.context[6], "precision": row.context[7], "layout": layout_label(row.record),
+           "model": row.record.recipe.model, "n": len(row.runs), "seeds": [r.record.options.seed for r in row.runs],
            "runs": [r.dir for r in row.runs], "plan": row.plan, "duplicates": row.duplicates, "code": code_versions(row),
            "parameters": row.record.raw.get("parameters"),
            "still_improving": {"runs": improving_runs(row), "of": len(row.runs), "marked": is_still_improving(row)}}

@@ -130,7 +130,7 @@ def markdown(rows: list, runs: list, designs: list | None = None, effect: float 
         members = [(row, s) for row, s in zip(rows, summaries) if row.context == context]
         for family in families(members):
             plan = family[0][0].plan if len({row.plan for row, _ in family}) == 1 else None
-            out += ["", context_line(family[0][1]) + (f" · plan {display_path(plan)}" if plan else ""), "",
+            out += ["", context_line(family[0][1], [s for _, s in family]) + (f" · plan {display_path(plan)}" if plan else ""), "",
                     HEADER, "|" + "---|" * COLUMNS]
             out += [table_row(row, summary, rows) for row, summary in family]
             out += [""] + table_notes([s for _, s in family])
@@ -155,7 +155,7 @@ WHY_APART = {  # what differs between two tables of one experiment, why they are
     "threads": "a CPU's thread count changes the order of its sums, so the numbers. A lone run uses every core "
                "(torch's default), a --jobs N member cores / N threads, a Slurm task --slurm-cpus: to match, run "
                "both the same way, or give the lone run OMP_NUM_THREADS=T (docs/usage.md)",
-    "precision": "bf16 and fp32, or two memory layouts, round differently: run both with one --precision",
+    "precision": "bf16 and fp32 round differently: run both with one --precision",
     "hardware": "another CPU model, vector ISA or GPU gives other numbers for the same seed "
                 "(docs/reproducibility.md): run both on one kind of machine",
     "software": "another torch or CUDA build gives other numbers: run both on one",
