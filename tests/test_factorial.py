@@ -3,6 +3,7 @@ Holm's adjustment, the detectable effect at 80% power, the gap to the report; an
 fabricated run folders (a factorial design, one seed a side, thread counts, precisions)."""
 import itertools
 import os
+import re
 import json
 import shutil
 
@@ -326,6 +327,46 @@ def test_readme_tables_are_what_compare_makes_of_the_shipped_run_folders(block, 
     made = copy.read_text()
     assert made[len(start) + 1:-len(end) - 1] in readme and readme.count(start) == 1
     assert made.count("|") > 20  # a table, not an empty block
+
+
+def _points(x: float) -> str:
+    """A fraction as the prose writes it: percentage points, one decimal (two below 0.1), a typographic minus."""
+    points = 100 * x
+    return (f"{points:+.2f}" if abs(points) < 0.095 else f"{points:+.1f}").replace("-", "−")
+
+
+# How README, docs/ablations.md and ex_2.py name each factor of the shipped factorial.
+FACTOR_WORDS = {"model": "model", "augment": "crop+flip", "optimizer": "AdamW", "scheduler": "cosine"}
+
+
+def test_the_factorial_s_numbers_in_the_prose_are_the_shipped_fit(tmp_path):
+    """Every effect the words quote (README, docs/ablations.md, ex_2.py's docstring) is the fit compare
+    makes of results/ex_2/sweeps/factorial, rounded as written; and so are the runs, seeds and df quoted."""
+    from tests.conftest import REPO
+
+    summary = tmp_path / "factorial.json"
+    compare_main([os.path.join(REPO, "results/ex_2/sweeps/factorial"), "--json", str(summary), "--no-figures"])
+    (design,) = json.loads(summary.read_text())["designs"]
+    fit = design["metrics"]["test_accuracy"]
+    effects = {tuple(e["term"]): e for e in fit["effects"]}
+    seeds = sorted({s for cell in design["cell_seeds"] for s in cell})
+    docs = {name: open(os.path.join(REPO, name)).read().replace("\n", " ") for name in
+            ("README.md", "docs/ablations.md", "ex_2.py")}
+    docs = {name: " ".join(text.split()) for name, text in docs.items()}
+    for field, words in FACTOR_WORDS.items():
+        e = effects[(field,)]
+        quoted = rf"{re.escape(words)} {re.escape(_points(e['estimate']))}( points)?"
+        interval = rf" \({re.escape(_points(e['ci95'][0]))} to {re.escape(_points(e['ci95'][1]))}\)"
+        assert re.search(quoted, docs["ex_2.py"]), (field, _points(e["estimate"]))
+        for name in ("README.md", "docs/ablations.md"):
+            assert re.search(quoted + interval, docs[name]), (name, field, e["estimate"], e["ci95"])
+    model = effects[("model",)]
+    interaction = effects[("model", "augment")]
+    for name in ("README.md", "docs/ablations.md"):
+        text = docs[name]
+        assert f"{fit['runs']} runs" in text and f"with {model['df']} degrees of freedom" in text
+        assert f"model × augment {_points(interaction['estimate'])}" in text
+        assert "seeds " + ", ".join(map(str, seeds)) in text or f"seeds {seeds[0]} to {seeds[-1]}" in text
 
 
 def five_factor_half_fraction():
