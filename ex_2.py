@@ -25,8 +25,9 @@ Run:
     python ex_2.py --smoke
 
 Expected: the report got 79.12% / 48.84% (CIFAR-10 / CIFAR-100) after 100 epochs on an RTX
-3050. Not measured here yet: 100 epochs at 128 px take about 8 hours per dataset on a
-2-core CPU (docs/performance.md: ~160 images/s); it needs a GPU. Which of the changes
+3050. Not measured here yet: 100 epochs at 128 px take about 8 to 13 hours per dataset on
+a 2-core CPU (docs/performance.md: 161 and 97 images/s through train_one_epoch on two such
+machines); it needs a GPU. Which of the changes
 matter was measured at 32 px instead (README's factorial ablation, results/ex_2/sweeps/
 factorial: 20 epochs on 8,000 training images of the JPEG copy of CIFAR-10, 4 seeds per
 cell): the model +4.7, crop+flip +4.6 and cosine +1.1 points of test accuracy, AdamW −0.05
