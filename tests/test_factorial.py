@@ -1,6 +1,7 @@
 """The statistics of factorial ablations and of compare's tables: main effects from a linear model,
 Holm's adjustment, the detectable effect at 80% power, the gap to the report; and compare on
 fabricated run folders (a factorial design, one seed a side, thread counts, precisions)."""
+import hashlib
 import itertools
 import os
 import re
@@ -149,10 +150,15 @@ def test_the_gap_to_the_report_and_its_interval_by_hand():
 # --- compare on fabricated run folders ----------------------------------------------------------
 
 def fabricate(source, dest, fields=None, seed=0, test=None, val=None, threads=None, precision=None, isa=None,
-              layout=None):
-    """A copy of a complete run folder with other recipe fields, seed, accuracies or environment."""
+              layout=None, own_draws=False):
+    """A copy of a complete run folder with other recipe fields, seed, accuracies or environment. Its draws
+    (initial weights, data order) are the source's, so copies of one seed share them, unless own_draws:
+    then they are its own, as for runs that share no random draw with any other."""
     shutil.copytree(source, dest, ignore=shutil.ignore_patterns("*.pth", "*.png", ".lock"))
+    own = {name: hashlib.sha256(f"{dest}/{name}".encode()).hexdigest()
+           for name in ("initial_weights_sha256", "epoch_1_order_sha256")}
     edits = {"config.json": lambda c: (c["config"].update(fields or {}, seed=seed), c.update(seed=seed),
+                                       own_draws and c.update(draws=own),
                                        threads and c["environment"].update(torch_threads=threads),
                                        precision and c["environment"].update(precision=precision),
                                        isa and c["environment"].update(cpu_capability=isa),
@@ -191,12 +197,13 @@ def test_compare_prints_main_effects_and_writes_them_to_json_and_a_figure(smoke_
     assert (tmp_path / "e.png").exists() and not (tmp_path / "e_effects.png").exists()
 
 
-def test_one_seed_a_side_prints_no_p_value(smoke_run, tmp_path, capsys):
-    fabricate(smoke_run, tmp_path / "a", seed=0, test=0.61)
-    fabricate(smoke_run, tmp_path / "b", {"lr": 0.003}, seed=0, test=0.69)
+@pytest.mark.parametrize("own_draws, why", [(True, "— (one seed on a side)"), (False, "— (one shared seed)")])
+def test_one_seed_a_side_prints_no_p_value(smoke_run, tmp_path, capsys, own_draws, why):
+    fabricate(smoke_run, tmp_path / "a", seed=0, test=0.61, own_draws=own_draws)
+    fabricate(smoke_run, tmp_path / "b", {"lr": 0.003}, seed=0, test=0.69, own_draws=own_draws)
     compare_main([str(tmp_path), "--no-figures"])
     (row,) = [line for line in capsys.readouterr().out.splitlines() if "lr 0.003" in line]
-    assert "— (one seed on a side)" in row and "+0.0800" in row
+    assert why in row and "+0.0800" in row
     cells = [c.strip() for c in row.split("|")]
     assert not any(c.replace(".", "").replace("e-", "").isdigit() for c in cells[7:10:2])  # no p anywhere
 

@@ -74,15 +74,17 @@ def test_compare_json_holds_numbers_each_rows_folders_and_the_baseline_test(tmp_
         assert isinstance(row["n"], int) and all(os.path.isdir(d) for d in row["runs"]) and len(row["runs"]) == row["n"]
         for metric in ("val_accuracy", "test_accuracy", "f1", "auc"):
             assert isinstance(row[metric]["mean"], float), metric
-    welch = [r for r in rows if r["dataset"] == "CIFAR-10" and r["changed_fields"].get("lr") == 0.002][0]
-    # copies of one run: no spread on either side, so no test and no zero-width interval that would claim certainty
-    assert welch["vs_baseline"]["test_accuracy"]["test"].startswith("none: every seed gave the same value")
-    assert welch["vs_baseline"]["test_accuracy"]["difference"] == 0.0
-    assert welch["vs_baseline"]["test_accuracy"]["p"] is None and welch["test_accuracy"]["ci95"] == [None, None]
-    paired = [r for r in rows if r["dataset"] == "CIFAR-100" and r["changed_fields"].get("lr") == 0.002][0]
-    assert paired["vs_baseline"]["test_accuracy"]["p"] is None  # one seed a side: no recipe test
-    assert paired["vs_baseline"]["networks"]["test"].startswith("exact McNemar: these two networks")
-    assert paired["vs_baseline"]["networks"]["p"] == 1.0  # identical predictions
+    three = [r for r in rows if r["dataset"] == "CIFAR-10" and r["changed_fields"].get("lr") == 0.002][0]
+    # copies of one run (their draws too): each seed's pair differs by the same 0, so no test and no zero-width
+    # interval that would claim certainty
+    assert three["vs_baseline"]["paired_seeds"] == [0, 1, 2]
+    assert three["vs_baseline"]["test_accuracy"]["test"].startswith("none: every seed's two runs differ by the same")
+    assert three["vs_baseline"]["test_accuracy"]["difference"] == 0.0
+    assert three["vs_baseline"]["test_accuracy"]["p"] is None and three["test_accuracy"]["ci95"] == [None, None]
+    one = [r for r in rows if r["dataset"] == "CIFAR-100" and r["changed_fields"].get("lr") == 0.002][0]
+    assert one["vs_baseline"]["test_accuracy"]["p"] is None  # one seed a side: no recipe test
+    assert one["vs_baseline"]["networks"]["test"].startswith("exact McNemar: these two networks")
+    assert one["vs_baseline"]["networks"]["p"] == 1.0  # identical predictions
     baseline = [r for r in rows if r["dataset"] == "CIFAR-10" and "lr" not in r["changed_fields"]][0]
     assert baseline["vs_baseline"] is None and baseline["seeds"] == [0, 1, 2]
     assert (tmp_path / "f_lr.png").read_bytes()[:4] == b"\x89PNG"  # a figure per swept field, beside --figure

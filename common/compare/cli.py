@@ -16,14 +16,17 @@ from, a `*` marking a run started from a modified tree.
 Per row: n seeds, the best validation accuracy (the selection metric) and the test accuracy,
 each as mean and 95% confidence interval (Student t over seeds), and the differences from the
 baseline row (the row nearest the script's own recipe, or --baseline FIELD=VALUE; a plan's rows
-against their own plan's baseline) in both, with unadjusted 95% intervals, p-values (Welch's t over
-seeds) Holm-adjusted per metric over the comparisons with that baseline (the raw p beside; the rule:
+against their own plan's baseline) in both, with unadjusted 95% intervals, p-values (a paired t over
+the seeds whose two runs share a draw, initial weights or data order; else Welch's t over seeds)
+Holm-adjusted per metric over the comparisons with that baseline (the raw p beside; the rule:
 docs/ablations.md, 'Multiplicity'), the smallest test difference the two rows' n and spread detect with 80% power,
-and the seeds per arm a Welch test needs for 80% power at its family's level for the observed
+and the seeds per arm that test needs for 80% power at its family's level for the observed
 difference (or --effect), from the rows' spread as a pilot. "±" is always a 95% CI half-width.
 A row whose runs were still improving when they stopped is marked ↑ (common.compare.rows.
 still_improving), and its table says that more epochs may change the answer. Tables that differ
-in one thing only (threads, precision, hardware, ...) are said to, with how to match them. One seed
+in one thing only (threads, precision, hardware, ...) are said to, with how to match them and, for
+each recipe both ran, what that one thing changed (first minus second, paired where seeds share
+draws, unadjusted; --json: contrasts). One seed
 on a side gets no p-value (it cannot separate a recipe from its seed; --json keeps an exact
 McNemar test of the two networks, labelled as such). Incomplete, failed or damaged runs are
 listed apart and never averaged.
@@ -45,9 +48,9 @@ import sys
 from common import REPO_ROOT, runfolder
 from common.compare.designs import design_json, designs, effects_markdown
 from common.compare.figures import write_figures
-from common.compare.rows import build_rows, choose_baselines, parse_baseline, table_summaries
+from common.compare.rows import build_rows, choose_baselines, contrasts, parse_baseline, table_summaries
 from common.compare.runs import collect
-from common.compare.tables import (BLOCK_NAME, EFFECTS_BLOCK, RESULTS_BLOCK, markdown, read_readme,
+from common.compare.tables import (BLOCK_NAME, EFFECTS_BLOCK, RESULTS_BLOCK, WHY_APART, markdown, read_readme,
                                    reference_rows, reference_table, update_readme)
 from common.console import guard_console
 from common.errors import UserError
@@ -55,6 +58,7 @@ from common.errors import UserError
 
 def write_json_summary(path: str, rows: list, runs: list, found: list, effect: float | None = None) -> None:
     runfolder.write_json(path, {"rows": table_summaries(rows, effect), "designs": [design_json(d) for d in found],
+                                "contrasts": contrasts(rows, tuple(WHY_APART)),
                                 "incomplete": [{"dir": r.dir, "status": r.status} for r in runs if not r.complete]})
 
 

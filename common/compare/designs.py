@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.compare import factorial
+from common.compare.runs import data_order, initialisation
 from common.runfolder import short
 from common.compare.rows import (correct_per_image, context_line, differing_fields, getattr_any, is_still_improving, metric_value,
                                  summarize_row)
@@ -64,16 +65,6 @@ def designs(rows: list) -> list:
     return found
 
 
-def initialisation(run) -> tuple:
-    """What decides a run's initial weights: config.json's fingerprint, or for runs from before it was
-    recorded, what the code derives them from (the seed, the model and its shape, pretrained or not)."""
-    recorded = (run.record.raw.get("draws") or {}).get("initial_weights_sha256")
-    if recorded:
-        return ("recorded", recorded)
-    r = run.record
-    return ("inferred", r.options.seed, r.recipe.model, r.recipe.pretrained, r.recipe.image_size, r.dataset)
-
-
 def correct_matrix(runs: list):
     """(runs x test images) 0/1 from every run's predictions.npz, or None if one lacks it, disagrees with
     its test.json or the test sets differ (the test-image noise needs the same images, paired)."""
@@ -83,17 +74,6 @@ def correct_matrix(runs: list):
     if any(abs(sum(c) / len(c) - metric_value(run, "test_accuracy")) > 1e-6 for c, run in zip(correct, runs)):
         return None
     return np.array(correct, dtype=float)
-
-
-def data_order(run) -> tuple:
-    """What decides a run's batch order: config.json's fingerprint of epoch 1's order, or for runs from
-    before it was recorded, its seed and what its training set is drawn from."""
-    recorded = (run.record.raw.get("draws") or {}).get("epoch_1_order_sha256")
-    if recorded:
-        return ("recorded", recorded)
-    r = run.record
-    return ("inferred", r.options.seed, r.dataset, r.recipe.train_subset, r.recipe.val_fraction, r.recipe.split_seed,
-            r.recipe.batch_size)
 
 
 def shared_initialisations(runs: list, factors: list) -> dict | None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from common import runfolder
 from common.compare import stats
-from common.compare.runs import Run
+from common.compare.runs import Run, share_draws
 from common.config import Options, Recipe, boolean, knobs, recipe_key_fields, to_dict
 from common.runfolder import describe_changes, recipe_changes
 from common.errors import UserError
@@ -50,9 +50,12 @@ def experiment_label(record) -> str:
     return record.experiment + (" from scratch" if scratch else "")
 
 
-def recipe_key(record) -> tuple:
+def recipe_key(record, leave_out: tuple = ()) -> tuple:
     values = {**to_dict(record.recipe), **to_dict(record.options)}
-    return tuple(json.dumps(values[name]) for name in recipe_key_fields())
+    return tuple(json.dumps(values[name]) for name in recipe_key_fields() if name not in leave_out)
+
+
+CHOSEN_BY = {"precision": ("precision",)}  # context parts that an option asks for: --precision fp32 vs auto
 
 
 def precision_label(record) -> str:
@@ -89,6 +92,9 @@ def threads_label(record) -> str:
     """torch threads x processes: on a CPU the thread count changes the sums' order, so the numbers."""
     threads = record.environment.get("torch_threads", "?")
     return f"{threads} thread{'s' * (threads != 1)} x {record.processes} process{'es' * (record.processes > 1)}"
+
+
+CONTEXT_PARTS = ("dataset", "experiment", "data", "hardware", "software", "processes", "threads", "precision")
 
 
 def context_key(run: Run) -> tuple:
@@ -279,6 +285,44 @@ def summarize_row(row: Row) -> dict:
     return out
 
 
+def one_part_apart(rows: list, parts: tuple) -> list:
+    """[(context a, context b, part)]: the pairs of the rows' contexts that differ in one of `parts` only."""
+    pairs, contexts = [], list(dict.fromkeys(row.context for row in rows))
+    for i, a in enumerate(contexts):
+        for b in contexts[i + 1:]:
+            differ = [name for name, x, y in zip(CONTEXT_PARTS, a, b) if x != y]
+            if len(differ) == 1 and differ[0] in parts:
+                pairs.append((a, b, differ[0]))
+    return pairs
+
+
+def contrasts(rows: list, parts: tuple) -> list:
+    """One recipe's rows in two tables that differ in one of `parts` of their context only (precision,
+    threads, hardware, ...): never averaged together, but their difference is what that part changed."""
+    return [c for a, b, part in one_part_apart(rows, parts) for c in contrasts_between(rows, a, b, part)]
+
+
+def contrasts_between(rows: list, a: tuple, b: tuple, part: str) -> list:
+    """[{"dataset", "experiment", "part", "sides", "changes", "n", "runs", "val_accuracy", "test_accuracy",
+    "paired_seeds"}] for each recipe both contexts ran (the option that asked for the part, --precision auto
+    or fp32, aside): the first side minus the second (differences: paired where seeds share draws), unadjusted."""
+    k, out, asked = CONTEXT_PARTS.index(part), [], CHOSEN_BY.get(part, ())
+    for row in (r for r in rows if r.context == a):
+        same = recipe_key(row.record, asked)
+        for other in (r for r in rows if r.context == b and recipe_key(r.record, asked) == same):
+            out.append({"dataset": DATASET_LABELS[a[0]], "experiment": experiment_label(row.record), "part": part,
+                        "sides": [_side(row, k), _side(other, k)], "changes": describe_changes(row.record, row.changes),
+                        "n": [len(row.runs), len(other.runs)],
+                        "runs": [[r.dir for r in row.runs], [r.dir for r in other.runs]], **differences(row, other)})
+    return out
+
+
+def _side(row: Row, part: int) -> str:
+    """A contrast's side: its context's value there, with the row's layout beside a precision."""
+    layout = layout_label(row.record)
+    return str(row.context[part]) + (f", {layout}" if CONTEXT_PARTS[part] == "precision" and layout else "")
+
+
 def code_versions(row: Row) -> list:
     """Short commits of the row's runs; '*' marks a run started from a modified tree."""
     versions = []
@@ -293,15 +337,42 @@ def code_versions(row: Row) -> list:
 def baseline_differences(row: Row) -> dict:
     """This row minus its baseline, for validation and test accuracy (p_holm: see table_summaries)."""
     base = row.baseline
-    out = {"baseline": describe_changes(base.record, base.changes), "baseline_runs": [r.dir for r in base.runs]}
-    for metric in ("val_accuracy", "test_accuracy"):
-        a, b = row.values(metric), base.values(metric)
-        d = stats.difference(a, b)
-        out[metric] = {"difference": d.estimate, "ci95": [d.low, d.high], "p": d.p_value, "p_holm": d.p_value,
-                       "test": d.test, "detectable_80": stats.detectable_difference(a, b), "seeds_needed": None}
+    out = {"baseline": describe_changes(base.record, base.changes), "baseline_runs": [r.dir for r in base.runs],
+           **differences(row, base)}
     if len(row.runs) == 1 and len(base.runs) == 1:
         out["networks"] = networks_test(row.runs[0], base.runs[0])
     return out
+
+
+def differences(row: Row, other: Row) -> dict:
+    """row minus other in validation and test accuracy: paired over the seeds whose runs share draws
+    (shared_draw_pairs), else Welch over seeds; with each test's reach (detectable_80)."""
+    pairs = shared_draw_pairs(row, other)
+    out = {"paired_seeds": [run.record.options.seed for run, _ in pairs] or None}
+    for metric in ("val_accuracy", "test_accuracy"):
+        if pairs:
+            a, b = ([metric_value(run, metric) for run in side] for side in zip(*pairs))
+            d = stats.paired(a, b) if len(pairs) >= 2 else _one_pair(a, b)
+            detectable = stats.detectable_paired([x - y for x, y in zip(a, b)])
+        else:
+            a, b = row.values(metric), other.values(metric)
+            d, detectable = stats.difference(a, b), stats.detectable_difference(a, b)
+        out[metric] = {"difference": d.estimate, "ci95": [d.low, d.high], "p": d.p_value, "p_holm": d.p_value,
+                       "test": d.test, "detectable_80": detectable, "seeds_needed": None}
+    return out
+
+
+def shared_draw_pairs(row: Row, base: Row) -> list:
+    """[(run, baseline run)] of each seed both rows ran whose two runs share a random draw (initial weights
+    or data order, runs.share_draws): such runs are not independent, so each seed's difference is one
+    observation. Empty when no seed's runs share one (then the rows are independent samples)."""
+    by_seed = {run.record.options.seed: run for run in base.runs}
+    return [(run, by_seed[seed]) for run in row.runs
+            if (seed := run.record.options.seed) in by_seed and share_draws(run, by_seed[seed])]
+
+
+def _one_pair(a: list, b: list) -> stats.Difference:
+    return stats.Difference(a[0] - b[0], None, None, None, stats.ONE_PAIR)
 
 
 def networks_test(run: Run, base: Run) -> dict | None:
@@ -337,11 +408,16 @@ def table_summaries(rows: list, effect: float | None = None) -> list:
 
 
 def seeds_for(row: Row, effect: float, family: int, given: bool) -> dict:
-    """{"n", "effect", "alpha", "family", "given"}: seeds per arm for this row against its baseline."""
+    """{"n", "effect", "alpha", "family", "given"}: seeds per arm for this row against its baseline, for the
+    test its difference used (paired t on the shared seeds' differences, else Welch)."""
     alpha = (1 - stats.LEVEL) / family
-    sds = [statistics.stdev(r.values("test_accuracy")) for r in (row, row.baseline)]
-    return {"n": stats.seeds_needed(*sds, effect, alpha), "effect": effect, "alpha": alpha, "family": family,
-            "given": given}
+    pairs = shared_draw_pairs(row, row.baseline)
+    if pairs:
+        differences = [metric_value(run, "test_accuracy") - metric_value(base, "test_accuracy") for run, base in pairs]
+        n = stats.pairs_needed(statistics.stdev(differences), effect, alpha)
+    else:
+        n = stats.seeds_needed(*(statistics.stdev(r.values("test_accuracy")) for r in (row, row.baseline)), effect, alpha)
+    return {"n": n, "effect": effect, "alpha": alpha, "family": family, "given": given}
 
 
 def correct_per_image(run: Run):

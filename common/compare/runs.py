@@ -64,3 +64,32 @@ def collect(paths: list) -> list:
                 run.plan = plan_of(run_dir)
                 runs.append(run)
     return runs
+
+
+# --- the random draws a run may share with others ---------------------------------------------------
+
+def initialisation(run) -> tuple:
+    """What decides a run's initial weights: config.json's fingerprint, or for runs from before it was
+    recorded, what the code derives them from (the seed, the model and its shape, pretrained or not)."""
+    recorded = (run.record.raw.get("draws") or {}).get("initial_weights_sha256")
+    if recorded:
+        return ("recorded", recorded)
+    r = run.record
+    return ("inferred", r.options.seed, r.recipe.model, r.recipe.pretrained, r.recipe.image_size, r.dataset)
+
+
+def data_order(run) -> tuple:
+    """What decides a run's batch order: config.json's fingerprint of epoch 1's order, or for runs from
+    before it was recorded, its seed and what its training set is drawn from."""
+    recorded = (run.record.raw.get("draws") or {}).get("epoch_1_order_sha256")
+    if recorded:
+        return ("recorded", recorded)
+    r = run.record
+    return ("inferred", r.options.seed, r.dataset, r.recipe.train_subset, r.recipe.val_fraction, r.recipe.split_seed,
+            r.recipe.batch_size)
+
+
+def share_draws(a: Run, b: Run) -> bool:
+    """Whether two runs start from the same initial weights or see the same data order: then they are
+    not independent replicates, and a difference between them is one observation of a paired test."""
+    return initialisation(a) == initialisation(b) or data_order(a) == data_order(b)

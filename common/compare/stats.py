@@ -1,9 +1,11 @@
 """The statistics of an ablation table, from scipy: intervals over seeds and tests of a difference.
 
 Seeds are the unit of replication: a row's mean and its 95% confidence interval use
-Student's t with n - 1 degrees of freedom; a difference between two rows uses Welch's t
-(unequal variances), with its confidence interval from the Welch-Satterthwaite degrees of
-freedom. With one seed on a side there is no spread to estimate, so two *recipes* get no
+Student's t with n - 1 degrees of freedom. A difference between two rows whose runs of one seed
+share a random draw (the same initial weights or data order) is a paired t over those seeds:
+each seed's difference is one observation, since the two runs are not independent. Between rows
+that share no draw it is Welch's t (unequal variances), with its confidence interval from the
+Welch-Satterthwaite degrees of freedom. With one seed on a side there is no spread to estimate, so two *recipes* get no
 test. An exact McNemar test on the shared test images compares two given *networks* (a
 two-sided binomial test on the images exactly one of the two gets right): two seeds of one
 recipe differ by it, so it is never read as a recipe's effect.
@@ -49,7 +51,7 @@ class Difference:
     low: float | None
     high: float | None
     p_value: float | None
-    test: str              # "Welch's t", "exact McNemar" (two networks) or "none: ..." (why not)
+    test: str              # "paired t", "Welch's t", "exact McNemar" (two networks) or "none: ..." (why not)
 
 
 def welch(a: list, b: list, level: float = LEVEL) -> Difference:
@@ -64,6 +66,17 @@ def welch(a: list, b: list, level: float = LEVEL) -> Difference:
     return Difference(estimate, estimate - half, estimate + half, float(p), "Welch's t")
 
 
+def paired(a: list, b: list, level: float = LEVEL) -> Difference:
+    """mean(a_i - b_i) over pairs of runs that share their random draws, its Student-t interval on the
+    differences (n - 1 df) and two-sided p (scipy's ttest_rel); two or more pairs."""
+    differences = [x - y for x, y in zip(a, b, strict=True)]
+    interval = mean_ci(differences, level)
+    if interval.low is None:
+        return Difference(interval.mean, None, None, None, NO_SPREAD_PAIRED)
+    p = scipy_stats.ttest_rel(a, b).pvalue
+    return Difference(interval.mean, interval.low, interval.high, float(p), PAIRED)
+
+
 def mcnemar(correct_a, correct_b) -> Difference:
     """Accuracy of a minus b on the same images, and the exact McNemar p-value: under 'no
     difference' each image that only one run gets right is that run's with probability 1/2."""
@@ -76,8 +89,12 @@ def mcnemar(correct_a, correct_b) -> Difference:
     return Difference(estimate, None, None, float(p), "exact McNemar")
 
 
+PAIRED = "paired t"
 ONE_SEED = "none: one seed on a side has no spread to test two recipes with"
+ONE_PAIR = "none: the rows share random draws in one seed only, too few to test two recipes with"
 NO_SPREAD = "none: every seed gave the same value on both sides, so there is no spread to test with"
+NO_SPREAD_PAIRED = "none: every seed's two runs differ by the same amount, so there is no spread to test with"
+NO_SPREADS = (NO_SPREAD, NO_SPREAD_PAIRED)
 
 
 def difference(a: list, b: list) -> Difference:
@@ -126,6 +143,15 @@ def detectable_difference(a: list, b: list, level: float = LEVEL, power: float =
     return pooled * math.sqrt(1 / len(a) + 1 / len(b)) * noncentrality_for_power(df, level, power)
 
 
+def detectable_paired(differences: list, level: float = LEVEL, power: float = POWER) -> float | None:
+    """The smallest true difference a paired t-test on these per-seed differences detects with `power`
+    at 1 - level; None below two pairs or without spread."""
+    n = len(differences)
+    if n < 2 or statistics.stdev(differences) == 0:
+        return None
+    return statistics.stdev(differences) / math.sqrt(n) * noncentrality_for_power(n - 1, level, power)
+
+
 def gap(values: list, reference: float, level: float = LEVEL) -> Interval:
     """reference - mean(values), with the 95% CI of our mean carried over (the reference is one
     fixed number: the report's single run, whose own noise is unknown)."""
@@ -146,6 +172,15 @@ def welch_power(sd_a: float, sd_b: float, n: int, effect: float, alpha: float) -
     return float(scipy_stats.nct.sf(critical, df, ncp) + (0.0 if math.isnan(wrong_side) else wrong_side))
 
 
+def paired_power(sd_differences: float, n: int, effect: float, alpha: float) -> float:
+    """Power of a two-sided paired t-test at `alpha` over n pairs whose differences have this standard
+    deviation, for a true mean difference `effect` (noncentral t, n - 1 df)."""
+    df, ncp = n - 1, abs(effect) / (sd_differences / math.sqrt(n))
+    critical = scipy_stats.t.ppf(1 - alpha / 2, df)
+    wrong_side = scipy_stats.nct.cdf(-critical, df, ncp)
+    return float(scipy_stats.nct.sf(critical, df, ncp) + (0.0 if math.isnan(wrong_side) else wrong_side))
+
+
 SEEDS_LIMIT = 10_000
 
 
@@ -155,14 +190,28 @@ def seeds_needed(sd_a: float, sd_b: float, effect: float, alpha: float, power: f
     "How many random seeds?"); None for no effect, no spread, or beyond SEEDS_LIMIT."""
     if not effect or not (sd_a or sd_b):
         return None
+    return _fewest(lambda n: welch_power(sd_a, sd_b, n, effect, alpha), power)
+
+
+def pairs_needed(sd_differences: float, effect: float, alpha: float, power: float = POWER) -> int | None:
+    """The fewest seeds, each run in both rows (pairs sharing their draws), with which a paired t-test at
+    `alpha` finds a true difference `effect` with at least `power`, the differences' spread taken as the
+    pilot's; None for no effect, no spread, or beyond SEEDS_LIMIT."""
+    if not effect or not sd_differences:
+        return None
+    return _fewest(lambda n: paired_power(sd_differences, n, effect, alpha), power)
+
+
+def _fewest(power_at, power: float) -> int | None:
+    """The smallest n >= 2 with power_at(n) >= power (power rises with n): doubling, then bisection."""
     low, high = 2, 2
-    while welch_power(sd_a, sd_b, high, effect, alpha) < power:  # doubling, then bisection: power rises with n
+    while power_at(high) < power:
         low, high = high, high * 2
         if high > SEEDS_LIMIT:
             return None
     while low < high:
         middle = (low + high) // 2
-        low, high = (middle + 1, high) if welch_power(sd_a, sd_b, middle, effect, alpha) < power else (low, middle)
+        low, high = (middle + 1, high) if power_at(middle) < power else (low, middle)
     return high
 
 

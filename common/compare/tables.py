@@ -10,7 +10,9 @@ from common import REPO_ROOT, runfolder
 from common.compare import stats
 from common.compare.reference import REPORT
 from common.compare.designs import effects_markdown, correct_matrix
-from common.compare.rows import DATASET_LABELS, Row, context_line, summarize_row, table_summaries
+from common.compare.rows import (CONTEXT_PARTS, DATASET_LABELS, Row, context_line, contrasts_between, one_part_apart,
+                                 summarize_row,
+                                 table_summaries)
 from common.errors import UserError, first_line
 
 RESULTS_BLOCK, EFFECTS_BLOCK = "results", "effects"   # --block names with their own text
@@ -43,7 +45,8 @@ def _difference(diff: dict | None) -> tuple:
     low, high = diff["ci95"]
     text = f"{diff['difference']:+.4f}" + (f" [{low:+.4f}, {high:+.4f}]" if low is not None else "")
     if diff["p"] is None:
-        return text, "— (no spread)" if diff["test"] == stats.NO_SPREAD else "— (one seed on a side)"
+        return text, {stats.ONE_SEED: "— (one seed on a side)", stats.ONE_PAIR: "— (one shared seed)"}.get(
+            diff["test"], "— (no spread)")
     return text, f"{diff['p_holm']:.3g} (raw {diff['p']:.3g})"
 
 
@@ -90,18 +93,18 @@ def families(members: list) -> list:
 def table_notes(summaries: list) -> list:
     tests = max((s["vs_baseline"][m].get("holm_family", 0) for s in summaries if s["vs_baseline"]
                  for m in ("val_accuracy", "test_accuracy")), default=0)
-    notes = [f"± is the 95% CI half-width over seeds (the fixed test images' own noise not included). p: Welch's t "
-             f"over seeds, Holm-adjusted per metric over this table's {tests} comparison{'s' * (tests > 1)} with its "
-             "baseline (raw p beside it; the rule: docs/ablations.md, 'Multiplicity'); brackets: unadjusted 95% CIs; "
-             "detectable Δ: the smallest true test difference a t-test with the two rows' n and pooled spread finds "
-             "with 80% power at 0.05, unadjusted." if tests else
+    notes = [f"± is the 95% CI half-width over seeds (the fixed test images' own noise not included). p: "
+             f"{_tests_used(summaries)}, Holm-adjusted per metric over this table's {tests} comparison{'s' * (tests > 1)} "
+             "with its baseline (raw p beside it; the rule: docs/ablations.md, 'Multiplicity'); brackets: unadjusted 95% "
+             "CIs; detectable Δ: the smallest true test difference the same test, with these n and spread, finds with "
+             "80% power at 0.05, unadjusted." if tests else
              "± is the 95% CI half-width over seeds. No p-values: "
              + ("the table's only row, nothing to compare it with." if len(summaries) == 1 else
                 "a comparison needs two or more seeds on each side.")]
     needed = [s["vs_baseline"]["test_accuracy"]["seeds_needed"] for s in summaries if s["vs_baseline"]]
     needed = [n for n in needed if n and n["n"] is not None]
     if needed:
-        notes.append(f"Seeds per arm for 80% power: how many seeds each of the two rows needs for Welch's t to find "
+        notes.append(f"Seeds per arm for 80% power: how many seeds each of the two rows needs for the same test to find "
                      f"the Δ test shown ({'--effect' if needed[0]['given'] else 'the observed difference'}) at "
                      f"α = {needed[0]['alpha']:.3g} (0.05 over the {needed[0]['family']} comparisons of a metric: Holm's "
                      "strictest step), if the rows' spread is what these seeds show; it rests on a pilot's spread, "
@@ -116,6 +119,21 @@ def table_notes(summaries: list) -> list:
         notes.append(f"† n ≤ {SMALL_N}: a 95% CI from so few seeds spans ±12.7 standard errors or more; it says "
                      "little beyond the values themselves.")
     return notes
+
+
+PAIRED_WORDS = ("paired t over the seeds a row shares with its baseline (the two runs of a seed start from the same "
+                "weights or see the same data order, config.json's draws, so they are not independent: each seed's "
+                "difference is one observation, n − 1 df; Δ is the mean of those differences)")
+WELCH_WORDS = "Welch's t over seeds (no run shares a random draw with a baseline run)"
+
+
+def _tests_used(summaries: list) -> str:
+    """The tests behind a table's p-values: paired where a row shares draws with its baseline, else Welch."""
+    compared = [s["vs_baseline"] for s in summaries if s["vs_baseline"]]
+    paired, welch = any(c["paired_seeds"] for c in compared), any(not c["paired_seeds"] for c in compared)
+    if paired and welch:
+        return f"{PAIRED_WORDS}; for the rows that share none, {WELCH_WORDS}"
+    return PAIRED_WORDS if paired else WELCH_WORDS
 
 
 def markdown(rows: list, runs: list, designs: list | None = None, effect: float | None = None) -> str:
@@ -137,7 +155,7 @@ def markdown(rows: list, runs: list, designs: list | None = None, effect: float 
         repeated += [f"- {s['experiment']} ({s['changes']}), seed {d['seed']}: kept {display_path(d['kept'])}, "
                      f"not {', '.join(display_path(x) for x in d['dropped'])}" for _, s in members
                      for d in s["duplicates"]]
-    out += unmatched_notes(list(dict.fromkeys(row.context for row in rows)))
+    out += unmatched_notes(rows)
     if repeated:
         out += ["", "Repeated seeds (each counts once):", *repeated]
     incomplete = [r for r in runs if not r.complete]
@@ -150,7 +168,6 @@ def markdown(rows: list, runs: list, designs: list | None = None, effect: float 
 
 
 
-CONTEXT_PARTS = ("dataset", "experiment", "data", "hardware", "software", "processes", "threads", "precision")
 WHY_APART = {  # what differs between two tables of one experiment, why they are not compared, how to match them
     "threads": "a CPU's thread count changes the order of its sums, so the numbers. A lone run uses every core "
                "(torch's default), a --jobs N member cores / N threads, a Slurm task --slurm-cpus: to match, run "
@@ -164,18 +181,32 @@ WHY_APART = {  # what differs between two tables of one experiment, why they are
 }
 
 
-def unmatched_notes(contexts: list) -> list:
+def unmatched_notes(rows: list) -> list:
     """A line for each two tables of one dataset and experiment that differ in one thing only: what it is,
-    why their rows were not compared, and how to make runs that can be."""
+    why their rows were not averaged together, how to make runs that can be; then, for each recipe that
+    both tables ran, the difference that one thing made (rows.contrasts)."""
     lines = []
-    for i, a in enumerate(contexts):
-        for b in contexts[i + 1:]:
-            differ = [k for k, x, y in zip(CONTEXT_PARTS, a, b) if x != y]
-            if len(differ) == 1 and differ[0] in WHY_APART:
-                k = CONTEXT_PARTS.index(differ[0])
-                lines.append(f"- {DATASET_LABELS[a[0]]} · {a[1]}: the tables with {a[k]} and with {b[k]} differ only "
-                             f"in {differ[0]}, so their rows were not compared: {WHY_APART[differ[0]]}.")
+    for a, b, part in one_part_apart(rows, tuple(WHY_APART)):
+        k = CONTEXT_PARTS.index(part)
+        lines.append(f"- {DATASET_LABELS[a[0]]} · {a[1]}: the tables with {a[k]} and with {b[k]} differ only "
+                     f"in {part}, so their rows were not averaged together: {WHY_APART[part]}.")
+        lines += [contrast_line(c) for c in contrasts_between(rows, a, b, part)]
     return ["", "Not compared with each other:", *lines] if lines else []
+
+
+def contrast_line(contrast: dict) -> str:
+    """'  - the script's recipe (5 and 5 seeds): Δ test acc bfloat16, nchw − float32, nchw +0.0012 [...] (paired t
+    over seeds 0,1,2,3,4, p 0.49, unadjusted); Δ best val acc ...'"""
+    test, val = contrast["test_accuracy"], contrast["val_accuracy"]
+    if test["p"] is None:
+        how = _difference(test)[1].strip("— ()") + ": no test"
+    else:
+        seeds = contrast["paired_seeds"]
+        how = (f"paired t over seeds {','.join(map(str, seeds))}" if seeds else "Welch's t over seeds") + \
+            f", p {test['p']:.3g}, unadjusted"
+    recipe = contrast["changes"] if contrast["changes"] != "—" else "the script's recipe"
+    return (f"  - {recipe} ({contrast['n'][0]} and {contrast['n'][1]} seeds): Δ test acc {contrast['sides'][0]} − "
+            f"{contrast['sides'][1]} {_difference(test)[0]} ({how}); Δ best val acc {_difference(val)[0]}")
 
 
 def reference_rows(rows: list) -> list:
