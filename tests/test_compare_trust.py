@@ -3,6 +3,7 @@ say more epochs may change the answer; the seeds a Welch or paired test needs (c
 runs of one seed that share draws compared as pairs, never as independent; the raw p beside Holm's;
 one meaning for ±; tables apart for one reason say which, how to match them and what it changed."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -190,3 +191,16 @@ def test_rows_apart_for_their_precision_only_say_what_it_changed(smoke_run, tmp_
     low, high = test["ci95"]
     assert f"{test['difference']:+.4f} [{low:+.4f}, {high:+.4f}]" in line and "paired t over seeds 0,1,2,3,4" in line
     assert "unadjusted" in line and out.index("differ only in precision") < out.index(line)
+
+
+def test_a_row_with_seeds_its_baseline_lacks_is_paired_over_the_shared_seeds_and_says_so(smoke_run, tmp_path, capsys):
+    a, b = _paired_rows(tmp_path / "runs", smoke_run)
+    for seed in (3, 4):  # the lr 0.003 row keeps seeds 0, 1, 2 only
+        shutil.rmtree(tmp_path / "runs" / f"b{seed}")
+    compare_main([str(tmp_path / "runs"), "--no-figures", "--json", str(tmp_path / "t.json")])
+    out = capsys.readouterr().out
+    (row,) = [r for r in json.load(open(tmp_path / "t.json"))["rows"] if r["vs_baseline"]]
+    assert row["n"] == 3 and row["vs_baseline"]["paired_seeds"] == [0, 1, 2]
+    assert row["vs_baseline"]["test_accuracy"]["difference"] == pytest.approx(np.mean(np.subtract(b, a)[:3]))
+    assert row["vs_baseline"]["test_accuracy"]["p"] == pytest.approx(scipy_stats.ttest_rel(b[:3], a[:3]).pvalue)
+    assert "Paired over the seeds both rows ran only" in out and "lr 0.003: seeds 0,1,2" in out

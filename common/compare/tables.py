@@ -101,6 +101,12 @@ def table_notes(summaries: list) -> list:
              "± is the 95% CI half-width over seeds. No p-values: "
              + ("the table's only row, nothing to compare it with." if len(summaries) == 1 else
                 "a comparison needs two or more seeds on each side.")]
+    partial = [s for s in summaries if s["vs_baseline"] and s["vs_baseline"]["paired_seeds"]
+               and len(s["vs_baseline"]["paired_seeds"]) < max(s["n"], len(s["vs_baseline"]["baseline_runs"]))]
+    if partial:
+        notes.append("Paired over the seeds both rows ran only (the rest of a row's seeds count in its mean, not in "
+                     "its Δ): " + "; ".join(f"{s['changes']}: seeds {','.join(map(str, s['vs_baseline']['paired_seeds']))}"
+                                            for s in partial) + ".")
     needed = [s["vs_baseline"]["test_accuracy"]["seeds_needed"] for s in summaries if s["vs_baseline"]]
     needed = [n for n in needed if n and n["n"] is not None]
     if needed:
