@@ -112,6 +112,8 @@ def report(found: dict) -> None:
         print(f"speed {case}: auto ({v['auto']}) / fp32 default {v['auto_vs_fp32_default']:.2f}x, target "
               f"{v['target']:.1f}x: {verdict}")
     for script, contrasts in found["accuracy"].items():
+        if not contrasts:
+            print(f"accuracy {script}: auto trained in fp32 too here (its model's entry keeps fp32): nothing to compare")
         for c in contrasts:
             low, high = c["test_accuracy"]["ci95"]
             interval = "" if low is None else f" [{low:+.4f}, {high:+.4f}]"

@@ -608,3 +608,30 @@ def test_a_plans_p_values_are_the_same_alone_or_beside_every_other_folder(tmp_pa
             if row["vs_baseline"]:
                 assert beside[changes]["vs_baseline"][metric]["p_holm"] == pytest.approx(
                     row["vs_baseline"][metric]["p_holm"], rel=1e-12)
+
+
+def test_readme_s_results_prose_quotes_its_table():
+    """The gaps, intervals and p-values README's words quote are its results table's (itself compare's
+    output, above), rounded as written; and what the words say of all rows holds for each."""
+    from tests.conftest import REPO
+
+    readme = open(os.path.join(REPO, "README.md")).read()
+    start, end = markers("results")
+    table = readme[readme.index(start):readme.index(end)]
+    prose = " ".join(readme[readme.index(end):readme.index("![EX-1 validation accuracy")].split())
+    checked = 0
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        gap = re.fullmatch(r"([+-]\d\.\d+) \[([+-]\d\.\d+), ([+-]\d\.\d+)\]", cells[8]) if len(cells) == 11 else None
+        if not gap:
+            continue  # the header, or one seed: no interval to quote
+        value, low, high = map(float, gap.groups())
+        if cells[1] == "CIFAR-100":
+            assert low <= 0 <= high, line  # "On CIFAR-100 no row's gap is distinguishable from zero"
+        else:
+            assert f"{100 * value:.1f} " in prose and f"({_points(low)} to {_points(high)})" in prose, line
+            assert cells[10] in prose, line  # its p, as the table prints it
+            low_run, high_run = map(float, cells[9].strip("[]").split(","))
+            assert low_run <= float(cells[7]) <= high_run, line  # "inside ... prediction intervals"
+        checked += 1
+    assert checked >= 4
