@@ -155,18 +155,19 @@ def _plain(cls):
 
 
 MODELS = {
-    # 5x5 convolutions: contiguous memory is faster on a CPU in fp32 and in bf16 (2.1-2.4x fp32's speed
+    # 5x5 convolutions: contiguous memory is faster on a CPU in fp32 and in bf16 (2.3x fp32's speed
     # on an Intel Xeon with AMX, docs/performance.md)
     "tutorial_cnn": ModelEntry(_plain(TutorialCNN), CIFAR_HALF, "small", "nchw", 14, cpu_bf16_layout="nchw"),
-    # 3x3 convolutions: channels_last is faster on a CPU, in fp32 and bf16 (1.4-2.0x fp32's speed there)
+    # 3x3 convolutions: channels_last is faster on a CPU, in fp32 and bf16 (bf16 1.4-1.5x fp32's speed there)
     "three_block_cnn": ModelEntry(_plain(ThreeBlockCNN), CIFAR_HALF, "small", "channels_last",
                                   cpu_bf16_layout="channels_last"),
     # 3x3 convolutions like the 3-block CNN's; its CPU layout is not benchmarked, nor bf16 for it
     "resnet18": ModelEntry(_plain(CifarResNet18), CIFAR_HALF, "tiny", "channels_last"),
-    # 20M parameters, slow on a CPU: the tiny smoke data keeps its --smoke run short. bf16 is slower
-    # than fp32 on a CPU for it (the Xeon with AMX): auto keeps fp32
+    # 20M parameters, slow on a CPU: the tiny smoke data keeps its --smoke run short. On the Xeon with
+    # AMX (docs/performance.md) fp32 channels_last trains 1.9-2.1x faster than NCHW, and bf16 is slower
+    # than fp32 in either layout: auto keeps fp32
     "efficientnet_v2_s": ModelEntry(
-        efficientnet_v2_s, IMAGENET, "tiny", "nchw",
+        efficientnet_v2_s, IMAGENET, "tiny", "channels_last",
         weights=PretrainedWeights("https://download.pytorch.org/models/efficientnet_v2_s-dd5fe13b.pth",
                                   "dd5fe13b", 200 * 2**20)),
 }
