@@ -4,7 +4,7 @@ For each model at its input size, four settings (fp32 and bf16 autocast, each in
 channels_last) train through common.train.train_one_epoch on uint8 data already on the device,
 and evaluate through common.train.predict. Rounds rotate the settings' order, so that a busy
 machine slows all of them alike; medians and per-round ratios to fp32 in the model's registered
-fp32 layout (what a run trained in before --precision) are reported, and so is what `--precision
+fp32 layout (what `--precision fp32` trains in) are reported, and so is what `--precision
 auto` picks here (common.devices.choose_numerics) and its speed-up. On a CPU without native bf16
 (no avx512_bf16, no AMX) bf16 is emulated: the benchmark measures it anyway (it is the reason
 `auto` keeps fp32 there), with fewer steps.
@@ -12,6 +12,7 @@ auto` picks here (common.devices.choose_numerics) and its speed-up. On a CPU wit
     python -m benchmarks.precision                      # EX-1, EX-2 at 32 and 128 px (minutes on 2 cores)
     python -m benchmarks.precision --quick              # fewer steps and rounds
     python -m benchmarks.precision --experiments ex_3   # EfficientNetV2-S at 32 px (slow on a CPU)
+    python -m benchmarks.precision --experiments ex_4 --batches 1 --rounds 2   # at 128 px (EX-4, EX-5): slower
 
 Output: a table on the console and benchmarks/results/precision-<cpu capability>-<time>.json,
 with the CPU model, torch's capability string and whether it has native bf16.
@@ -38,8 +39,10 @@ from common.optimizers import build_optimizer  # noqa: E402
 from common.train import predict, train_one_epoch  # noqa: E402
 
 SETTINGS = tuple((precision, layout) for precision in ("fp32", "bf16") for layout in LAYOUTS)
-# (experiment, image size): EX-2's model at 32 px is the accuracy check's recipe (docs/performance.md)
-CASES = {"ex_1": ("ex_1", None), "ex_2_32px": ("ex_2", 32), "ex_2": ("ex_2", None), "ex_3": ("ex_3", None)}
+# case -> (script whose recipe it trains, image size in px; None: the recipe's own). EX-2's model at
+# 32 px is the accuracy check's recipe (docs/performance.md); EX-4 is EfficientNetV2-S at 128 px
+CASES = {"ex_1": ("ex_1", None), "ex_2_32px": ("ex_2", 32), "ex_2": ("ex_2", None), "ex_3": ("ex_3", None),
+         "ex_4": ("ex_4", None)}
 
 
 @dataclasses.dataclass

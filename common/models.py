@@ -140,8 +140,9 @@ class ModelEntry:
     cpu_layout: str       # nchw or channels_last: the fp32 layout the benchmark found faster on a CPU
     min_image_size: int = 8  # px
     weights: PretrainedWeights | None = None
-    cpu_bf16_layout: str | None = None  # the bf16 layout where bf16 pays on a CPU with native bf16 (the
-    #   benchmark, docs/performance.md); None: --precision auto keeps fp32 on a CPU for this model
+    cpu_bf16_layout: str | None = None  # the bf16 layout --precision auto trains in on a CPU with native
+    #   bf16, for a model where the benchmark found bf16 faster and its accuracy was checked
+    #   (docs/performance.md); None: auto keeps fp32 on a CPU, and --precision bf16 uses cpu_layout
 
 
 def _plain(cls):
@@ -164,8 +165,9 @@ MODELS = {
     # 3x3 convolutions like the 3-block CNN's; its CPU layout is not benchmarked, nor bf16 for it
     "resnet18": ModelEntry(_plain(CifarResNet18), CIFAR_HALF, "tiny", "channels_last"),
     # 20M parameters, slow on a CPU: the tiny smoke data keeps its --smoke run short. On the Xeon with
-    # AMX (docs/performance.md) fp32 channels_last trains 1.9-2.1x faster than NCHW, and bf16 is slower
-    # than fp32 in either layout: auto keeps fp32
+    # AMX (docs/performance.md) fp32 channels_last trains 1.2-2.1x faster than NCHW; bf16 (channels_last)
+    # trains at 0.64x fp32's speed at 32 px (EX-3) but 2.7x at 128 px (EX-4, EX-5). auto keeps fp32: its
+    # accuracy in bf16 is not checked as EX-1's and EX-2's are; --precision bf16 asks for it
     "efficientnet_v2_s": ModelEntry(
         efficientnet_v2_s, IMAGENET, "tiny", "channels_last",
         weights=PretrainedWeights("https://download.pytorch.org/models/efficientnet_v2_s-dd5fe13b.pth",

@@ -32,7 +32,7 @@ def _environment(run_dir):
     (False, "ex_1.py", ("float32", "nchw"), "auto: this CPU has no native bf16"),
     (True, "ex_1.py", ("bfloat16", "nchw"), "auto: native bf16 on this CPU"),
     (True, "ex_2.py", ("bfloat16", "channels_last"), "auto: native bf16 on this CPU"),
-    (True, "ex_3.py", ("float32", "channels_last"), "auto: bf16 does not pay for this model on a CPU"),
+    (True, "ex_3.py", ("float32", "channels_last"), "auto: bf16 is off for this model on a CPU (docs/performance.md)"),
 ])
 def test_auto_picks_bf16_only_with_native_support_and_a_model_it_pays_for(smoke_data, tmp_path, native, script,
                                                                          expected, reason):
