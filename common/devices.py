@@ -121,7 +121,7 @@ def choose_numerics(device: torch.device, asked: str, cpu_layout: str, cpu_bf16_
     if not native_cpu_bf16():
         return Numerics("fp32", cpu_layout, "auto: this CPU has no native bf16")
     if cpu_bf16_layout is None:
-        return Numerics("fp32", cpu_layout, "auto: bf16 is off for this model on a CPU (docs/performance.md)")
+        return Numerics("fp32", cpu_layout, "auto: bf16 is off for this model on a CPU, see docs/performance.md")
     return Numerics("bf16", cpu_bf16_layout, "auto: native bf16 on this CPU")
 
 

@@ -32,7 +32,7 @@ def _environment(run_dir):
     (False, "ex_1.py", ("float32", "nchw"), "auto: this CPU has no native bf16"),
     (True, "ex_1.py", ("bfloat16", "nchw"), "auto: native bf16 on this CPU"),
     (True, "ex_2.py", ("bfloat16", "channels_last"), "auto: native bf16 on this CPU"),
-    (True, "ex_3.py", ("float32", "channels_last"), "auto: bf16 is off for this model on a CPU (docs/performance.md)"),
+    (True, "ex_3.py", ("float32", "channels_last"), "auto: bf16 is off for this model on a CPU, see docs/performance.md"),
 ])
 def test_auto_picks_bf16_only_with_native_support_and_a_model_it_pays_for(smoke_data, tmp_path, native, script,
                                                                          expected, reason):
@@ -100,3 +100,11 @@ def test_compare_keeps_bf16_and_fp32_runs_in_rows_of_their_own(smoke_data, tmp_p
     compared = run_python(["-m", "common.compare", str(tmp_path), "--no-figures"], timeout=300)
     assert compared.returncode == 0, compared.stderr[-2000:]
     assert "· float32, nchw" in compared.stdout and "· bfloat16, nchw" in compared.stdout
+    # the validation-curve figure's legend tells the two lines apart by their numerics
+    from common.compare.figures import val_curve_series
+    from common.compare.rows import build_rows
+    from common.compare.runs import collect
+
+    (lines,) = val_curve_series(build_rows(collect([str(tmp_path)]))).values()
+    labels = sorted(label for label, _ in lines)
+    assert len(labels) == 2 and "bfloat16, nchw (n=1)" in labels[0] and "float32, nchw (n=1)" in labels[1], labels

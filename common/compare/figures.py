@@ -18,8 +18,11 @@ import matplotlib.pyplot as plt  # noqa: E402  (isort: after common.plots)
 import numpy as np  # noqa: E402
 
 def row_label(summary: dict) -> str:
+    """A figure's name for a row: what changed, and where and in what numerics it ran (bf16 and fp32
+    rows of one recipe are two lines)."""
     changes = "" if summary["changes"] == "—" else f" ({summary['changes']})"
-    return f"{summary['experiment']}{changes}, {summary['hardware']} (n={summary['n']})"
+    numerics = ", ".join(x for x in (summary["precision"], summary["layout"]) if x)
+    return f"{summary['experiment']}{changes}, {summary['hardware']}, {numerics} (n={summary['n']})"
 
 
 def val_curve_series(rows: list) -> dict:
